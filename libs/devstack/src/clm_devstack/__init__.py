@@ -1,0 +1,1 @@
+"""Local stack for development and tests."""

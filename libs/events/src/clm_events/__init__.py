@@ -1,0 +1,1 @@
+"""Shared CLM event contracts and Kafka/Postgres plumbing."""

@@ -1,0 +1,1 @@
+"""CLM campaigns service."""

@@ -1,0 +1,1 @@
+"""CLM ingest service."""

@@ -1,0 +1,1 @@
+"""CLM stage-engine service."""
