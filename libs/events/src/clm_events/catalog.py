@@ -1,0 +1,263 @@
+"""Catalog of CLM event types and their `data` payloads (DESIGN.md, "Event envelope")."""
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_extra_types.currency_code import ISO4217
+
+
+class EventType(StrEnum):
+    PURCHASE_COMPLETED = "purchase.completed"
+    PURCHASE_REFUNDED = "purchase.refunded"
+    BILLING_SUBSCRIPTION_STARTED = "billing.subscription_started"
+    BILLING_INVOICE_PAID = "billing.invoice_paid"
+    BILLING_PAYMENT_FAILED = "billing.payment_failed"
+    BILLING_SUBSCRIPTION_CANCELLED = "billing.subscription_cancelled"
+    SUPPORT_TICKET_OPENED = "support.ticket_opened"
+    SUPPORT_TICKET_RESOLVED = "support.ticket_resolved"
+    SUPPORT_NPS_SUBMITTED = "support.nps_submitted"
+    WEB_SIGNED_UP = "web.signed_up"
+    WEB_IDENTIFIED = "web.identified"
+    WEB_PAGE_VIEWED = "web.page_viewed"
+    # Derived: published by CLM itself, never accepted from producers.
+    LIFECYCLE_STAGE_CHANGED = "lifecycle.stage_changed"
+    LIFECYCLE_SCORE_UPDATED = "lifecycle.score_updated"
+    CAMPAIGN_ACTION_FIRED = "campaign.action_fired"
+
+
+DERIVED_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.LIFECYCLE_STAGE_CHANGED,
+        EventType.LIFECYCLE_SCORE_UPDATED,
+        EventType.CAMPAIGN_ACTION_FIRED,
+    }
+)
+
+
+class Stage(StrEnum):
+    PROSPECT = "prospect"
+    ONBOARDING = "onboarding"
+    ACTIVE = "active"
+    LOYAL = "loyal"
+    ADVOCATE = "advocate"
+    AT_RISK = "at_risk"
+    LAPSED = "lapsed"
+    WON_BACK = "won_back"
+
+
+DOMAIN_OF_TYPE: Mapping[EventType, str] = {t: t.value.partition(".")[0] for t in EventType}
+
+
+def domain_of(event_type: EventType | str) -> str:
+    """Domain prefix of a type ("purchase", "billing", ...); ValueError if the type is unknown."""
+    return DOMAIN_OF_TYPE[EventType(event_type)]
+
+
+# --- field types shared by the data models --------------------------------------------
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# max_digits also bounds the exponent, so "1e999999" cannot slip in as a "finite" amount.
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30)]
+PositiveMoney = Annotated[Decimal, Field(gt=0, allow_inf_nan=False, max_digits=30)]
+# strict: a bool or "3" is a producer bug, not a count.
+Count = Annotated[int, Field(strict=True, ge=1)]
+Probability = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)]
+
+# RFC 3339 date-time; pydantic alone would also take unix numbers and date-only strings.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
+)
+_NAIVE_REASON = "timestamp must include a timezone offset, e.g. '2026-11-20T10:15:00Z'"
+
+
+def _timestamp(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise PydanticCustomError("timezone_missing", _NAIVE_REASON)
+        return value
+    if isinstance(value, str):
+        match = _RFC3339.fullmatch(value)
+        if match is None:
+            raise PydanticCustomError(
+                "timestamp_format",
+                "Input should be an RFC 3339 timestamp, e.g. '2026-11-20T10:15:00Z'",
+            )
+        if match["offset"] is None:
+            raise PydanticCustomError("timezone_missing", _NAIVE_REASON)
+        return value
+    raise PydanticCustomError("timestamp_type", "Input should be an RFC 3339 timestamp string")
+
+
+def _to_utc(value: datetime) -> datetime:
+    # Equal instants then compare and serialise equally ("...Z").
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_to_utc), BeforeValidator(_timestamp)]
+
+
+class EventData(BaseModel):
+    """Base of every `data` model: producers may add fields, declared ones are checked."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Item(EventData):
+    sku: Id
+    category: str | None = None
+    quantity: Count = 1
+    unit_price: Money | None = None
+
+
+# --- purchase -------------------------------------------------------------------------
+
+
+class PurchaseCompleted(EventData):
+    order_id: Id
+    amount: Money
+    currency: ISO4217
+    items: list[Item] | None = None
+
+
+class PurchaseRefunded(EventData):
+    order_id: Id
+    amount: PositiveMoney
+    currency: ISO4217
+
+
+# --- billing --------------------------------------------------------------------------
+
+
+class BillingSubscriptionStarted(EventData):
+    subscription_id: Id
+    plan: Id
+    amount: Money | None = None
+    currency: ISO4217 | None = None
+    interval: str | None = None
+
+    @model_validator(mode="after")
+    def _amount_needs_currency(self) -> Self:
+        # An amount without a currency cannot be compared or summed with anything.
+        if self.amount is not None and self.currency is None:
+            raise PydanticCustomError(
+                "currency_missing", "currency is required when amount is given"
+            )
+        return self
+
+
+class BillingInvoicePaid(EventData):
+    invoice_id: Id
+    amount: Money
+    currency: ISO4217
+
+
+class BillingPaymentFailed(EventData):
+    invoice_id: Id
+    amount: Money
+    currency: ISO4217
+    reason: str | None = None
+    attempt: Count | None = None
+
+
+class BillingSubscriptionCancelled(EventData):
+    subscription_id: Id
+    reason: str | None = None
+
+
+# --- support --------------------------------------------------------------------------
+
+
+class SupportTicketOpened(EventData):
+    ticket_id: Id
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    channel: str | None = None
+
+
+class SupportTicketResolved(EventData):
+    ticket_id: Id
+    satisfaction: Annotated[int, Field(strict=True, ge=1, le=5)] | None = None
+
+
+class SupportNpsSubmitted(EventData):
+    score: Annotated[int, Field(strict=True, ge=0, le=10)]
+    comment: str | None = None
+
+
+# --- web ------------------------------------------------------------------------------
+
+
+class WebSignedUp(EventData):
+    email: str | None = None
+    name: str | None = None
+    traits: dict[str, Any] | None = None
+
+
+class WebIdentified(EventData):
+    traits: dict[str, Any] | None = None
+    anonymous_id: Id | None = None
+
+
+class WebPageViewed(EventData):
+    url: Annotated[str, StringConstraints(min_length=1)]
+    title: str | None = None
+    anonymous_id: Id | None = None
+
+
+# --- derived (published by CLM) -------------------------------------------------------
+
+
+class LifecycleStageChanged(EventData):
+    from_stage: Stage | None = None  # None on the customer's first classification
+    to_stage: Stage
+    at: UtcDatetime
+    cause: str
+    facts: dict[str, Any] = Field(default_factory=dict)
+    model_version: Annotated[int, Field(strict=True)] | None = None
+
+
+class LifecycleScoreUpdated(EventData):
+    clv: Money
+    churn_probability: Probability
+    p_alive: Probability
+    expected_purchases: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+    model: str
+
+
+class CampaignActionFired(EventData):
+    trigger_id: Id
+    action_id: Id
+    channel: Literal["webhook", "email", "kafka"]
+    status: str
+
+
+DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
+    EventType.PURCHASE_COMPLETED: PurchaseCompleted,
+    EventType.PURCHASE_REFUNDED: PurchaseRefunded,
+    EventType.BILLING_SUBSCRIPTION_STARTED: BillingSubscriptionStarted,
+    EventType.BILLING_INVOICE_PAID: BillingInvoicePaid,
+    EventType.BILLING_PAYMENT_FAILED: BillingPaymentFailed,
+    EventType.BILLING_SUBSCRIPTION_CANCELLED: BillingSubscriptionCancelled,
+    EventType.SUPPORT_TICKET_OPENED: SupportTicketOpened,
+    EventType.SUPPORT_TICKET_RESOLVED: SupportTicketResolved,
+    EventType.SUPPORT_NPS_SUBMITTED: SupportNpsSubmitted,
+    EventType.WEB_SIGNED_UP: WebSignedUp,
+    EventType.WEB_IDENTIFIED: WebIdentified,
+    EventType.WEB_PAGE_VIEWED: WebPageViewed,
+    EventType.LIFECYCLE_STAGE_CHANGED: LifecycleStageChanged,
+    EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,
+    EventType.CAMPAIGN_ACTION_FIRED: CampaignActionFired,
+}
