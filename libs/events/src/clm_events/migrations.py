@@ -1,0 +1,103 @@
+"""Alembic glue every service shares: each service keeps its own migration scripts and
+its own schema (with its own alembic_version table); this runs them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context, op
+from alembic.config import Config
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from clm_events.settings import ClmSettings
+
+
+def migrate(script_location: Path, *, url: str, schema: str, revision: str = "head") -> None:
+    """Upgrade one service's schema. Synchronous: call it before the event loop starts,
+    or through `asyncio.to_thread` from async code."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["schema"] = schema
+    command.upgrade(cfg, revision)
+
+
+def run_env(target_metadata: sa.MetaData, schema: str) -> None:
+    """Body of a service's `env.py`."""
+    url = context.config.get_main_option("sqlalchemy.url") or ClmSettings().database_url
+    schema = context.config.attributes.get("schema", schema)
+    if context.is_offline_mode():
+        context.configure(
+            url=url,
+            target_metadata=target_metadata,
+            literal_binds=True,
+            version_table_schema=schema,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    asyncio.run(_run_online(url, target_metadata, schema))
+
+
+async def _run_online(url: str, target_metadata: sa.MetaData, schema: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await conn.commit()
+            await conn.run_sync(_run_sync, target_metadata, schema)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+def _run_sync(conn: sa.Connection, target_metadata: sa.MetaData, schema: str) -> None:
+    context.configure(
+        connection=conn,
+        target_metadata=target_metadata,
+        version_table_schema=schema,
+        include_schemas=True,
+        include_name=lambda name, type_, _parent: type_ != "schema" or name == schema,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def create_plumbing_tables_v1(schema: str) -> None:
+    """The outbox and processed-events tables as of v1 (frozen: later changes get their
+    own function, so old migrations keep meaning what they meant)."""
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.LargeBinary),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("event_id", sa.Text),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        schema=schema,
+    )
+    op.create_index(
+        "ix_outbox_unpublished",
+        "outbox",
+        ["id"],
+        schema=schema,
+        postgresql_where=sa.text("published_at IS NULL"),
+    )
+    op.create_table(
+        "processed_events",
+        sa.Column("consumer_group", sa.Text, primary_key=True),
+        sa.Column("source", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Text, primary_key=True),
+        sa.Column(
+            "processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        schema=schema,
+    )

@@ -1,0 +1,214 @@
+"""What every CLM service process is made of: a runtime (database, producer, consumers,
+outbox relay) and a FastAPI app with /healthz, /readyz and /metrics around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field
+from pydantic_settings import BaseSettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+
+from clm_events import db, metrics
+from clm_events.consumer import ConsumerRunner, Handler
+from clm_events.logs import configure_logging
+from clm_events.outbox import OutboxRelay
+from clm_events.producer import Producer
+from clm_events.settings import ClmSettings
+from clm_events.topics import Topics, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's settings; a subclass sets its own env prefix and port."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    consumer_max_records: int = Field(500, ge=1)
+    outbox_poll_interval: float = Field(0.5, gt=0)
+    startup_timeout: float = Field(60.0, gt=0, description="How long to wait for DB and broker.")
+    common: ClmSettings = Field(default_factory=ClmSettings)
+
+
+class Runtime:
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        *,
+        outbox: sa.Table | None = None,
+        processed: sa.Table | None = None,
+    ) -> None:
+        common = settings.common
+        self.name = name
+        self.settings = settings
+        self.topics = Topics(common.topic_prefix, common.topic_partitions)
+        self.engine = db.create_engine(common.database_url, application_name=name)
+        self.sessions = db.session_factory(self.engine)
+        self.producer = Producer(
+            common.kafka_bootstrap_servers,
+            client_id=name,
+            idempotent=common.kafka_idempotent_producer,
+        )
+        self.processed = processed
+        self.relay = (
+            OutboxRelay(
+                sessions=self.sessions,
+                table=outbox,
+                producer=self.producer,
+                service=name,
+                poll_interval=settings.outbox_poll_interval,
+            )
+            if outbox is not None
+            else None
+        )
+        self.consumers: list[ConsumerRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_consumer(
+        self, *, group_id: str, topics: Sequence[str], handler: Handler, **options: Any
+    ) -> ConsumerRunner:
+        if self.processed is None:
+            raise ValueError("a consumer needs the service's processed-events table")
+        runner = ConsumerRunner(
+            group_id=group_id,
+            topics=topics,
+            bootstrap_servers=self.settings.common.kafka_bootstrap_servers,
+            sessions=self.sessions,
+            processed_table=self.processed,
+            handler=handler,
+            producer=self.producer,
+            deadletter_topic=self.topics.deadletter,
+            max_records=self.settings.consumer_max_records,
+            on_committed=self.relay.wake if self.relay else None,
+            **options,
+        )
+        self.consumers.append(runner)
+        return runner
+
+    async def start(self) -> None:
+        common = self.settings.common
+        # Wait for dependencies instead of crash-looping while they start next to us.
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(self.settings.startup_timeout),
+            wait=wait_exponential(max=5),
+            reraise=True,
+        ):
+            with attempt:
+                await db.ping(self.engine)
+                await ensure_topics(
+                    common.kafka_bootstrap_servers,
+                    self.topics.all(),
+                    replication_factor=common.topic_replication_factor,
+                )
+        await self.producer.start()
+        for c in self.consumers:
+            await c.start()
+            self._tasks.append(asyncio.create_task(c.run(), name=f"consumer:{c.group_id}"))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+
+    async def stop(self) -> None:
+        for c in self.consumers:
+            await c.stop()
+        if self.relay is not None:
+            self.relay.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.stop()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        for name, probe in (("database", db.ping(self.engine)), ("broker", self.producer.ping())):
+            try:
+                await asyncio.wait_for(probe, timeout=2.0)
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        for task in self._tasks:
+            if task.done():
+                checks[task.get_name()] = "stopped"
+        return checks
+
+
+def create_app(runtime: Runtime, *, title: str, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    common = runtime.settings.common
+    configure_logging(service=runtime.name, level=common.log_level, json=common.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("started", extra={"port": runtime.settings.port})
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.add_middleware(HttpMetrics, service=runtime.name)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Alive: the process serves requests."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Ready: the database and the broker answer and every background loop runs."""
+        checks = await runtime.readiness()
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+class HttpMetrics:
+    """Requests and latency by route template (not raw path: ids would explode cardinality)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(self.service, method, route).observe(
+                time.perf_counter() - started
+            )
