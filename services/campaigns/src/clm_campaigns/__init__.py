@@ -1,1 +1,1 @@
-"""CLM campaigns service."""
+"""CLM campaigns: fires personalised actions on stage transitions and events."""

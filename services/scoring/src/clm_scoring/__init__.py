@@ -1,1 +1,1 @@
-"""CLM scoring service."""
+"""CLM scoring: keeps CLV and churn probability per customer."""

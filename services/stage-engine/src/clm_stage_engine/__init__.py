@@ -1,1 +1,1 @@
-"""CLM stage-engine service."""
+"""CLM stage-engine: keeps each customer's lifecycle stage from events, scores and time."""

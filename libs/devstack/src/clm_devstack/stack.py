@@ -1,0 +1,157 @@
+"""The local CLM stack: embedded PostgreSQL, the Tansu broker, topics, migrations and the
+four services, started and stopped in order. Used by `make run` and by system tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from clm_devstack import procs
+from clm_devstack.postgres import EmbeddedPostgres
+from clm_devstack.tansu import TansuBroker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    package: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+SERVICES = (
+    ServiceSpec("ingest", "clm_ingest", 8001),
+    ServiceSpec("stage-engine", "clm_stage_engine", 8002),
+    ServiceSpec("scoring", "clm_scoring", 8003),
+    ServiceSpec("campaigns", "clm_campaigns", 8004),
+)
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    pg_port: int = 54329
+    kafka_port: int = 19092
+    services: tuple[ServiceSpec, ...] = SERVICES
+    database_url: str | None = None  # external server instead of the embedded one
+    bootstrap_servers: str | None = None  # external broker instead of Tansu
+    postgres: EmbeddedPostgres | None = None
+    broker: TansuBroker | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def start_infrastructure(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.database_url is None:
+            self.postgres = EmbeddedPostgres(
+                self.data_dir / "pgdata", port=self.pg_port, log_path=self.log_dir / "postgres.log"
+            )
+            self.postgres.start()
+            self.database_url = self.postgres.url()
+        if self.bootstrap_servers is None:
+            self.broker = TansuBroker(port=self.kafka_port, log_path=self.log_dir / "tansu.log")
+            self.broker.start()
+            self.bootstrap_servers = self.broker.bootstrap_servers
+
+    def env(self) -> dict[str, str]:
+        assert self.database_url and self.bootstrap_servers
+        return {
+            **os.environ,
+            "CLM_DATABASE_URL": self.database_url,
+            "CLM_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+        }
+
+    def prepare(self) -> None:
+        """Topics first (before any client's metadata request can auto-create them with the
+        broker's default partition count), then every service's migrations."""
+        for spec in self.services:
+            self._run_cli(spec, "migrate")
+        import asyncio
+
+        from clm_events.settings import ClmSettings
+        from clm_events.topics import Topics, ensure_topics
+
+        common = ClmSettings(
+            database_url=self.database_url or "",
+            kafka_bootstrap_servers=self.bootstrap_servers or "",
+        )
+        topics = Topics(common.topic_prefix, common.topic_partitions)
+        asyncio.run(
+            ensure_topics(
+                common.kafka_bootstrap_servers,
+                topics.all(),
+                replication_factor=common.topic_replication_factor,
+            )
+        )
+
+    def start_services(self, timeout: float = 30.0) -> None:
+        for spec in self.services:
+            self.children[spec.name] = procs.spawn(
+                [self._cli(spec), "serve", "--port", str(spec.port)],
+                env=self.env(),
+                log_path=self.log_dir / f"{spec.name}.log",
+            )
+        deadline = time.monotonic() + timeout
+        pending = list(self.services)
+        while pending:
+            self.check_children()
+            pending = [s for s in pending if not _healthy(s.url)]
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(
+                    "not healthy in time: "
+                    + ", ".join(s.name for s in pending)
+                    + f" (see {self.log_dir})"
+                )
+            time.sleep(0.2)
+
+    def check_children(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode} "
+                    f"(see {self.log_dir / (name + '.log')})"
+                )
+
+    def stop(self) -> None:
+        """Services first (they flush and leave their consumer groups), then the broker,
+        then the database."""
+        for name, proc in reversed(list(self.children.items())):
+            procs.stop(proc, timeout=15)
+            log.info("stopped %s", name)
+        self.children.clear()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def _cli(self, spec: ServiceSpec) -> str:
+        exe = Path(sys.executable).with_name(f"clm-{spec.name}")
+        return str(exe) if exe.exists() else shutil.which(f"clm-{spec.name}") or str(exe)
+
+    def _run_cli(self, spec: ServiceSpec, *args: str) -> None:
+        subprocess.run(
+            [self._cli(spec), *args], env=self.env(), check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,13 @@
+"""What the campaigns service does with each consumed event."""
+
+from collections.abc import Sequence
+
+from clm_events.consumer import Delivery
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def handle(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
+    """Triggers are evaluated here once the campaigns issue lands;
+
+    Until then messages are only recorded as processed.
+    """

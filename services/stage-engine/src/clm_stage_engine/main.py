@@ -1,0 +1,17 @@
+from clm_events.service import Runtime
+from clm_events.service import create_app as create_service_app
+from fastapi import FastAPI
+
+from clm_stage_engine import handlers, models
+from clm_stage_engine.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    rt = Runtime("stage-engine", settings, outbox=models.outbox, processed=models.processed_events)
+    rt.add_consumer(
+        group_id=settings.group_id,
+        topics=[*rt.topics.domains, rt.topics.scores],
+        handler=handlers.handle,
+    )
+    return create_service_app(rt, title="CLM stage engine")

@@ -1,0 +1,4 @@
+from clm_events.migrations import run_env
+from clm_stage_engine.models import SCHEMA, metadata
+
+run_env(metadata, SCHEMA)

@@ -1,0 +1,119 @@
+"""Each service boots on the shared runtime: migrations, probes, metrics, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from clm_events.deadletter import reason_of
+from clm_events.envelope import decode_kafka_record
+from clm_events.migrations import migrate
+from clm_events.settings import ClmSettings
+from fastapi import FastAPI
+
+SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
+
+
+@pytest.fixture(scope="session")
+async def migrated(database_url: str) -> str:
+    for package in SERVICES:
+        models = importlib.import_module(f"{package}.models")
+        scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
+        await asyncio.to_thread(migrate, scripts, url=database_url, schema=models.SCHEMA)
+    return database_url
+
+
+@asynccontextmanager
+async def running(
+    package: str, database_url: str, bootstrap: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    config = importlib.import_module(f"{package}.config")
+    main = importlib.import_module(f"{package}.main")
+    settings = config.Settings(
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        common=ClmSettings(
+            database_url=database_url,
+            kafka_bootstrap_servers=bootstrap,
+            topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
+            topic_partitions=2,
+            log_json=False,
+        ),
+    )
+    app: FastAPI = main.create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            yield client, app.state.runtime
+
+
+@pytest.mark.parametrize("package", SERVICES)
+async def test_service_answers_probes_and_exports_metrics(
+    package: str, migrated: str, bootstrap_servers: str
+) -> None:
+    async with running(package, migrated, bootstrap_servers) as (client, _):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        metrics = (await client.get("/metrics")).text
+        assert 'clm_http_requests_total{method="GET",route="/readyz",' in metrics
+        assert (await client.get("/openapi.json")).status_code == 200
+
+
+async def test_ingest_routes_inbound_events_to_domain_topics_and_dead_letters_the_rest(
+    migrated: str, bootstrap_servers: str
+) -> None:
+    from kit import purchase, read_topic
+
+    async with running("clm_ingest", migrated, bootstrap_servers) as (_, runtime):
+        topics = runtime.topics
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+        await producer.start()
+        try:
+            good = purchase("cust-9", "901")
+            signup = {
+                **purchase("cust-9", "x"),
+                "id": "su-1",
+                "type": "web.signed_up",
+                "data": {"email": "ada@example.com"},
+            }
+            derived = {
+                **purchase("cust-9", "y"),
+                "id": "d-1",
+                "type": "lifecycle.stage_changed",
+                "data": {
+                    "from_stage": None,
+                    "to_stage": "active",
+                    "at": "2026-11-20T10:15:00Z",
+                    "cause": "forged",
+                    "facts": {},
+                },
+            }
+            for value in (good, b"{not json", signup, derived):
+                raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+                await producer.send_and_wait(topics.inbound, raw, key=b"cust-9")
+        finally:
+            await producer.stop()
+
+        purchases = await read_topic(
+            bootstrap_servers, topics.domain("purchase.completed"), expect=1
+        )
+        web = await read_topic(bootstrap_servers, topics.domain("web.signed_up"), expect=1)
+        dead = await read_topic(bootstrap_servers, topics.deadletter, expect=2)
+
+    assert [decode_kafka_record(r.headers, r.value).id for r in purchases] == ["ord-901"]
+    assert [r.key for r in purchases] == [b"cust-9"]
+    assert [decode_kafka_record(r.headers, r.value).id for r in web] == ["su-1"]
+    reasons = sorted(reason_of(r.headers)["reason"] for r in dead)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("handler error: ValueError: event type 'lifecycle.stage_changed'")
+    assert reasons[1].startswith("invalid event:")
