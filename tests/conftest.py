@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import sqlalchemy as sa
-from clm_events.topics import Topics, ensure_topics
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from clm_events.topics import Topics, ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from clm_devstack.postgres import EmbeddedPostgres
 from clm_devstack.procs import pid_alive
 from clm_devstack.tansu import TansuBroker
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 pytestmark = [
     pytest.mark.integration,

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from shopkit import Harness, Shop
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
 from clm_events.db import outbox_table, processed_events_table
 from clm_events.producer import Producer
 from clm_events.topics import Topics
-from shopkit import Harness, Shop
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 
 @pytest.fixture

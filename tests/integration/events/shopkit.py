@@ -12,13 +12,14 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from clm_events.consumer import ConsumerRunner, Delivery, Handler
 from clm_events.envelope import new_event
 from clm_events.outbox import OutboxRelay, add_event
 from clm_events.producer import Producer
 from clm_events.topics import Topics
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 @dataclass

@@ -6,12 +6,13 @@ import asyncio
 from decimal import Decimal
 
 import sqlalchemy as sa
+from kit import encode, produce, purchase, read_topic
+from shopkit import Harness, shop_handler
+
 from clm_events import metrics
 from clm_events.consumer import ConsumerRunner
 from clm_events.deadletter import reason_of
 from clm_events.envelope import decode_kafka_record
-from kit import encode, produce, purchase, read_topic
-from shopkit import Harness, shop_handler
 
 
 async def test_round_trip_applies_each_event_and_publishes_derived_events_in_order(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from clm_events.envelope import decode_kafka_record
-from clm_events.outbox import OutboxRelay
 from kit import produce, purchase, read_topic
 from shopkit import Harness, Shop
+
+from clm_events.envelope import decode_kafka_record
+from clm_events.outbox import OutboxRelay
 
 
 class Crash(BaseException):

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+
 from clm_events.deadletter import reason_of
 from clm_events.envelope import decode_kafka_record
 from clm_events.migrations import migrate
 from clm_events.settings import ClmSettings
-from fastapi import FastAPI
 
 SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
 

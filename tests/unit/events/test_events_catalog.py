@@ -3,6 +3,8 @@
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
+
 from clm_events.catalog import (
     DATA_MODEL_OF_TYPE,
     DOMAIN_OF_TYPE,
@@ -12,7 +14,6 @@ from clm_events.catalog import (
     Stage,
     domain_of,
 )
-from pydantic import ValidationError
 
 V1_TYPES = {
     "purchase.completed",

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from clm_events.catalog import EventType, LifecycleStageChanged, Stage
 from clm_events.envelope import (
     BillingInvoicePaidEvent,

@@ -45,6 +45,8 @@ def run(
 ) -> None:
     """Start PostgreSQL, the broker and the four services; Ctrl-C stops them all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.monotonic()
     stack = Stack(
         data_dir=data_dir.resolve(),

@@ -114,10 +114,18 @@ class Runtime:
                 )
         await self.producer.start()
         for c in self.consumers:
-            await c.start()
-            self._tasks.append(asyncio.create_task(c.run(), name=f"consumer:{c.group_id}"))
+            # Joining a group can take seconds; the API serves meanwhile and /readyz tells.
+            self._tasks.append(asyncio.create_task(self._consume(c), name=f"consumer:{c.group_id}"))
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+
+    @staticmethod
+    async def _consume(consumer: ConsumerRunner) -> None:
+        await consumer.start()
+        try:
+            await consumer.run()
+        finally:
+            await consumer.stop()  # idempotent; covers a stop() that raced the join
 
     async def stop(self) -> None:
         for c in self.consumers:

@@ -1,9 +1,8 @@
 from pathlib import Path
 
-from clm_events.cli import service_cli
-
 from clm_campaigns.config import Settings
 from clm_campaigns.models import SCHEMA
+from clm_events.cli import service_cli
 
 app = service_cli(
     name="campaigns",

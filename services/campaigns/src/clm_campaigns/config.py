@@ -1,5 +1,6 @@
-from clm_events.service import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from clm_events.service import ServiceSettings
 
 
 class Settings(ServiceSettings):

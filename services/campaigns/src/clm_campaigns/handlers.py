@@ -2,8 +2,9 @@
 
 from collections.abc import Sequence
 
-from clm_events.consumer import Delivery
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from clm_events.consumer import Delivery
 
 
 async def handle(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:

@@ -1,9 +1,9 @@
-from clm_events.service import Runtime
-from clm_events.service import create_app as create_service_app
 from fastapi import FastAPI
 
 from clm_campaigns import handlers, models
 from clm_campaigns.config import Settings
+from clm_events.service import Runtime
+from clm_events.service import create_app as create_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

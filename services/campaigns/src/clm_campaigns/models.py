@@ -1,6 +1,7 @@
 """Tables of the campaigns service, all in its own schema."""
 
 import sqlalchemy as sa
+
 from clm_events.db import outbox_table, processed_events_table
 
 SCHEMA = "campaigns"

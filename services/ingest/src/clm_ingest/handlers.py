@@ -2,11 +2,11 @@
 
 from collections.abc import Sequence
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from clm_events.consumer import Delivery, Handler
 from clm_events.outbox import add_event
 from clm_events.topics import Topics
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from clm_ingest.models import outbox
 
 

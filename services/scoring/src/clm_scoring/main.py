@@ -1,7 +1,7 @@
-from clm_events.service import Runtime
-from clm_events.service import create_app as create_service_app
 from fastapi import FastAPI
 
+from clm_events.service import Runtime
+from clm_events.service import create_app as create_service_app
 from clm_scoring import handlers, models
 from clm_scoring.config import Settings
 

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 from clm_events.cli import service_cli
-
 from clm_stage_engine.config import Settings
 from clm_stage_engine.models import SCHEMA
 
