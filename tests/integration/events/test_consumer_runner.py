@@ -217,3 +217,44 @@ async def test_two_consumers_split_partitions_and_one_takes_over_when_the_other_
     await harness.until(second_wave)
     await asyncio.sleep(1.0)
     assert await harness.shop.counts() == {f"c{i}": (2, Decimal("20.00")) for i in range(40)}
+
+
+async def test_lag_and_latency_metrics_follow_the_partition(harness: Harness) -> None:
+    """SREs watch lag from the fetch high-water mark, not from ListOffsets."""
+    topic = harness.topics.domain("purchase.completed")
+    # One customer, so every message lands on one partition.
+    await produce(harness.bootstrap, topic, [purchase("cust-lag", f"{i}") for i in range(30)])
+    latency = metrics.EVENT_LATENCY.labels(harness.group, topic)
+    observed_before = _histogram_count(latency)
+    runner = harness.runner(max_records=10)
+    await runner.start()
+    while await runner.poll_once() == 0:
+        pass
+    await runner.poll_once()  # the next fetch reports the high-water mark after our commit
+    lags = _lag_samples(harness.group, topic)
+    assert len(lags) == 1 and 0 < next(iter(lags.values())) <= 20
+
+    processed = sum(n for n, _ in (await harness.shop.counts()).values())
+    while processed < 30:
+        await runner.poll_once()
+        processed = sum(n for n, _ in (await harness.shop.counts()).values())
+    await runner.poll_once()
+    assert set(_lag_samples(harness.group, topic).values()) == {0.0}
+    assert _histogram_count(latency) - observed_before == 30
+
+
+def _lag_samples(group: str, topic: str) -> dict[str, float]:
+    return {
+        s.labels["partition"]: s.value
+        for metric in metrics.CONSUMER_LAG.collect()
+        for s in metric.samples
+        if s.labels["group"] == group and s.labels["topic"] == topic
+    }
+
+
+def _histogram_count(child: object) -> float:
+    for metric in child.collect():  # type: ignore[attr-defined]
+        for s in metric.samples:
+            if s.name.endswith("_count"):
+                return float(s.value)
+    return 0.0

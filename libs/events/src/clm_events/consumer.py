@@ -57,6 +57,9 @@ class _Abandoned(Exception):
 
 
 def _transient(exc: BaseException) -> bool:
+    # A failed commit means the partitions moved: retrying cannot help (see _commit_offsets).
+    if isinstance(exc, (CommitFailedError, IllegalStateError)):
+        return False
     return is_retryable(exc) or isinstance(exc, KafkaError)
 
 
@@ -254,7 +257,11 @@ class ConsumerRunner:
         self._positions.update(offsets)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self._consumer.commit(offsets)
+        owned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in owned}
+        if offsets:
+            # Bounded: after a broker reset a commit can otherwise wait forever.
+            await asyncio.wait_for(self._consumer.commit(offsets), timeout=30)
 
     async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
         """Retry transient failures with backoff until they pass or the batch is abandoned."""
