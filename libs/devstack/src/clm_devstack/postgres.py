@@ -17,9 +17,8 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
-from clm_devstack.procs import free_port, spawn, stop, stop_pid
+from clm_devstack.procs import ChildServer, free_port, spawn, stop, stop_pid
 
 with warnings.catch_warnings():
     # The package's __init__ asks platformdirs for a runtime dir, which warns when
@@ -46,7 +45,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A local PostgreSQL server for ``make run`` and the test session.
 
     Data in ``data_dir`` survives stop()/start(); the port stays the same across restarts.
@@ -82,16 +81,6 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         """libpq / asyncpg DSN for the default database."""
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{self.database}"
-
-    @property
-    def pid(self) -> int | None:
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -151,18 +140,6 @@ class EmbeddedPostgres:
         stop(self._proc, signal.SIGINT, timeout)
         self._proc = None
         logger.info("postgres on port %d stopped in %.2fs", self.port, time.monotonic() - began)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ----------------------------------------------------------------------
 

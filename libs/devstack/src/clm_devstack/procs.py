@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +180,32 @@ def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, timeout: float = 10
             time.sleep(0.05)
         logger.warning("pid %d survived %s for %.1fs", pid, s.name, wait)
     raise RuntimeError(f"could not stop pid {pid}")
+
+
+class ChildServer:
+    """A server run as our direct child: what Postgres and the broker have in common."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

