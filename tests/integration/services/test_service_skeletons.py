@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from clm_events.deadletter import reason_of
 from clm_events.envelope import decode_kafka_record
-from clm_events.migrations import migrate
+from clm_events.migrations import migrate, migrate_auth
 from clm_events.settings import ClmSettings
 
 SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
@@ -26,6 +26,7 @@ SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
 
 @pytest.fixture(scope="session")
 async def migrated(database_url: str) -> str:
+    await asyncio.to_thread(migrate_auth, database_url)
     for package in SERVICES:
         models = importlib.import_module(f"{package}.models")
         scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"

@@ -19,7 +19,7 @@ import httpx
 from clm_devstack import procs
 from clm_devstack.postgres import EmbeddedPostgres
 from clm_devstack.tansu import TansuBroker
-from clm_events.migrations import migrate
+from clm_events.migrations import migrate, migrate_auth
 from clm_events.settings import ClmSettings
 from clm_events.topics import Topics, ensure_topics
 
@@ -98,6 +98,7 @@ class Stack:
                 replication_factor=common.topic_replication_factor,
             )
         )
+        migrate_auth(self.database_url)
         for spec in self.services:
             package = importlib.import_module(spec.package)
             models = importlib.import_module(f"{spec.package}.models")

@@ -26,6 +26,13 @@ def migrate(script_location: Path, *, url: str, schema: str, revision: str = "he
     command.upgrade(cfg, revision)
 
 
+def migrate_auth(url: str) -> None:
+    """Create or upgrade the shared API-key schema (see clm_events.auth)."""
+    from clm_events.auth import SCHEMA
+
+    migrate(Path(__file__).parent / "auth_migrations", url=url, schema=SCHEMA)
+
+
 def run_env(target_metadata: sa.MetaData, schema: str) -> None:
     """Body of a service's `env.py`."""
     url = context.config.get_main_option("sqlalchemy.url") or ClmSettings().database_url

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from clm_events import db, metrics
+from clm_events.auth import KeyStore
 from clm_events.consumer import ConsumerRunner, Handler
 from clm_events.logs import configure_logging
 from clm_events.outbox import OutboxRelay
@@ -73,6 +74,7 @@ class Runtime:
             if outbox is not None
             else None
         )
+        self.keys = KeyStore(self.sessions)
         self.consumers: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -165,6 +167,7 @@ def create_app(runtime: Runtime, *, title: str, routers: Sequence[APIRouter] = (
 
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.keys = runtime.keys
     app.add_middleware(HttpMetrics, service=runtime.name)
 
     @app.get("/healthz", tags=["ops"])
