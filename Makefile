@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test test-unit lint format clean
+.PHONY: install run test test-unit lint format clean bench-ingest bench-stage-engine bench-scoring bench-campaigns
 
 install: $(VENV)/.synced
 
@@ -34,6 +34,19 @@ lint: install
 	$(BIN)/ruff check libs services tests
 	$(BIN)/ruff format --check libs services tests
 	$(BIN)/mypy libs/events/src libs/devstack/src services/*/src
+
+# Benchmarks print their figures next to baselines measured in the same run.
+bench-ingest: install
+	$(BIN)/python services/ingest/bench/bench_ingest.py
+
+bench-stage-engine: install
+	$(BIN)/python services/stage-engine/bench/bench_stage_engine.py
+
+bench-scoring: install
+	$(BIN)/python services/scoring/bench/bench_scoring.py
+
+bench-campaigns: install
+	$(BIN)/python services/campaigns/bench/bench_campaigns.py
 
 format: install
 	$(BIN)/ruff check --fix libs services tests

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from clm_events import auth
+from clm_events.settings import ClmSettings
+
+SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
 
 
 def purchase(customer: str, order: str, amount: str = "10.00", **overrides: Any) -> dict[str, Any]:
@@ -73,3 +84,46 @@ async def read_topic(
         return out
     finally:
         await consumer.stop()
+
+
+@asynccontextmanager
+async def running(
+    package: str, database_url: str, bootstrap: str, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """A service's app with its consumers and loops running, on fresh topics and consumer
+    groups; yields an HTTP client for it and its Runtime (`runtime.topics`, ...).
+    Keyword arguments override the service's settings."""
+    config = importlib.import_module(f"{package}.config")
+    main = importlib.import_module(f"{package}.main")
+    settings = config.Settings(
+        **{"group_id": f"g-{uuid.uuid4().hex[:8]}", **overrides},
+        common=ClmSettings(
+            database_url=database_url,
+            kafka_bootstrap_servers=bootstrap,
+            topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
+            topic_partitions=2,
+            log_json=False,
+        ),
+    )
+    app: FastAPI = main.create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            yield client, app.state.runtime
+
+
+async def make_key(database_url: str, role: str, source: str | None = None) -> str:
+    """A fresh API key (plaintext) of the role, as `clm-<service> keys create` makes."""
+    engine = create_async_engine(database_url)
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            _, plaintext = await auth.create_key(
+                session, role=auth.Role(role), name=f"test {role}", source=source
+            )
+        return plaintext
+    finally:
+        await engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

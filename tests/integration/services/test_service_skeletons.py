@@ -2,59 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
+from kit import SERVICES, running
 
 from clm_events.deadletter import reason_of
 from clm_events.envelope import decode_kafka_record
-from clm_events.migrations import migrate, migrate_auth
-from clm_events.settings import ClmSettings
-
-SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
-
-
-@pytest.fixture(scope="session")
-async def migrated(database_url: str) -> str:
-    await asyncio.to_thread(migrate_auth, database_url)
-    for package in SERVICES:
-        models = importlib.import_module(f"{package}.models")
-        scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
-        await asyncio.to_thread(migrate, scripts, url=database_url, schema=models.SCHEMA)
-    return database_url
-
-
-@asynccontextmanager
-async def running(
-    package: str, database_url: str, bootstrap: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    config = importlib.import_module(f"{package}.config")
-    main = importlib.import_module(f"{package}.main")
-    settings = config.Settings(
-        group_id=f"g-{uuid.uuid4().hex[:8]}",
-        common=ClmSettings(
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
-            topic_partitions=2,
-            log_json=False,
-        ),
-    )
-    app: FastAPI = main.create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
-            yield client, app.state.runtime
 
 
 @pytest.mark.parametrize("package", SERVICES)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -77,6 +77,7 @@ class Runtime:
         self.keys = KeyStore(self.sessions)
         self.consumers: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
     def add_consumer(
         self, *, group_id: str, topics: Sequence[str], handler: Handler, **options: Any
@@ -99,6 +100,11 @@ class Runtime:
         self.consumers.append(runner)
         return runner
 
+    def add_background(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A loop (timer sweep, dispatcher, scheduled refit) started and cancelled with the
+        service; /readyz reports it if it ever stops."""
+        self._background.append((name, loop))
+
     async def start(self) -> None:
         common = self.settings.common
         # Wait for dependencies instead of crash-looping while they start next to us.
@@ -120,6 +126,8 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._consume(c), name=f"consumer:{c.group_id}"))
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        for name, loop in self._background:
+            self._tasks.append(asyncio.create_task(loop(), name=name))
 
     @staticmethod
     async def _consume(consumer: ConsumerRunner) -> None:
@@ -134,6 +142,9 @@ class Runtime:
             await c.stop()
         if self.relay is not None:
             self.relay.stop()
+        for task in self._tasks:
+            if task.get_name() in {name for name, _ in self._background}:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.producer.stop()
         await self.engine.dispose()

@@ -1,0 +1,37 @@
+"""The customer facts the stage engine keeps and publishes (in `lifecycle.stage_changed`
+events' `facts`), and that lifecycle rules and campaign conditions may name in CEL.
+
+One list, so a condition naming an unknown fact is refused the same way everywhere.
+Values are JSON: times as RFC 3339 strings, money as numbers in the customer's currency.
+"""
+
+from __future__ import annotations
+
+# name -> (CEL type, meaning). "?" = may be null (no such event yet).
+FACTS: dict[str, tuple[str, str]] = {
+    "first_purchase_at": ("timestamp?", "time of the first purchase"),
+    "last_purchase_at": ("timestamp?", "time of the latest purchase"),
+    "purchases_30d": ("int", "purchases in the last 30 days"),
+    "purchases_90d": ("int", "purchases in the last 90 days"),
+    "purchases_365d": ("int", "purchases in the last 365 days"),
+    "purchases_total": ("int", "purchases ever"),
+    "revenue_30d": ("double", "revenue in the last 30 days, net of refunds"),
+    "revenue_90d": ("double", "revenue in the last 90 days, net of refunds"),
+    "revenue_365d": ("double", "revenue in the last 365 days, net of refunds"),
+    "revenue_total": ("double", "revenue ever, net of refunds"),
+    "refunds_total": ("int", "refunds ever"),
+    "avg_days_between_purchases": ("double?", "mean gap between purchases, in days"),
+    "days_since_last_purchase": ("double?", "days from the latest purchase to now"),
+    "subscription_status": ("string", "none, active or cancelled"),
+    "open_failed_payments": ("int", "failed payments not followed by a paid invoice"),
+    "open_tickets": ("int", "support tickets opened and not resolved"),
+    "open_ticket_max_priority": ("string", "none, low, normal, high or urgent"),
+    "latest_nps": ("int?", "the latest NPS score, 0-10"),
+    "last_web_activity_at": ("timestamp?", "time of the latest web event"),
+    "email": ("string?", "trait"),
+    "name": ("string?", "trait"),
+    "timezone": ("string?", "trait: IANA time zone, e.g. Europe/Berlin"),
+    "locale": ("string?", "trait, e.g. de-DE"),
+    "clv": ("double?", "latest customer lifetime value from scoring"),
+    "churn_probability": ("double?", "latest churn probability from scoring, 0-1"),
+}
