@@ -258,3 +258,26 @@ def _histogram_count(child: object) -> float:
             if s.name.endswith("_count"):
                 return float(s.value)
     return 0.0
+
+
+async def test_a_failed_batch_is_read_again_not_skipped(harness: Harness) -> None:
+    """An error the runner does not expect, mid-batch, must not lose the batch: the fetch
+    position has moved past it, so the runner goes back to the committed offsets."""
+    topic = harness.topics.domain("purchase.completed")
+    await produce(harness.bootstrap, topic, [purchase("cust-5", "1"), purchase("cust-5", "2")])
+
+    class FailsOnce(ConsumerRunner):
+        failed = False
+
+        async def _apply(self, deliveries):  # type: ignore[no-untyped-def]
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("unexpected")
+            return await super()._apply(deliveries)
+
+    await harness.start(harness.runner(FailsOnce))
+
+    async def applied() -> bool:
+        return (await harness.shop.counts()).get("cust-5") == (2, Decimal("20.00"))
+
+    await harness.until(applied)

@@ -9,6 +9,7 @@ that redelivers the batch, and the processed-events table makes the replay chang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -126,6 +127,14 @@ class ConsumerRunner:
                 await self.poll_once()
             except ConsumerStoppedError:
                 break
+            except Exception:
+                # A bug or an unexpected client error must not end consumption silently.
+                log.exception(
+                    "batch failed; re-reading from the committed offsets",
+                    extra={"group": self.group_id},
+                )
+                await asyncio.sleep(1.0)
+                await self._rewind()
 
     async def stop(self) -> None:
         """Leave the group. An in-flight batch is abandoned, not committed."""
@@ -135,6 +144,17 @@ class ConsumerRunner:
         except TimeoutError:
             self._abandoned = True
         await self._consumer.stop()
+
+    async def _rewind(self) -> None:
+        """Fetch positions run ahead of what was committed; go back so an unfinished batch
+        is read again instead of skipped."""
+        with contextlib.suppress(KafkaError, IllegalStateError):
+            for tp in self._consumer.assignment():
+                committed = await self._consumer.committed(tp)
+                if committed is None:  # nothing committed yet: 'earliest', as at start
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment())
@@ -159,6 +179,8 @@ class ConsumerRunner:
                 "redelivered and deduplicated",
                 extra={"group": self.group_id},
             )
+            if not self._stopping:
+                await self._rewind()
             return 0
         finally:
             self._idle.set()
@@ -173,8 +195,9 @@ class ConsumerRunner:
         for r in records:
             try:
                 deliveries.append(Delivery(self._decode(r.headers, r.value), r))
-            except ValueError as exc:  # EventValidationError and friends
-                dead.append((r, f"invalid event: {exc}", "invalid_event"))
+            except Exception as exc:  # EventValidationError, or input too deep to parse
+                reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+                dead.append((r, f"invalid event: {reason}", "invalid_event"))
 
         applied, refused = await self._retrying(lambda: self._apply(deliveries))
         self._count(deliveries, applied, refused)
