@@ -1,6 +1,9 @@
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from clm_events.catalog import DERIVED_TYPES, EventType
 from clm_events.service import ServiceSettings
+from clm_ingest.domain.segment import DEFAULT_TRACK_EVENTS
 
 
 class Settings(ServiceSettings):
@@ -8,3 +11,34 @@ class Settings(ServiceSettings):
 
     port: int = 8001
     group_id: str = "clm-ingest"
+    # Segment's own limits, so its libraries never build a request we refuse for size.
+    max_event_bytes: int = Field(32 * 1024, ge=1024, description="Largest event accepted.")
+    max_request_bytes: int = Field(
+        500 * 1024, ge=1024, description="Largest request body (after gzip is undone)."
+    )
+    rate_limit_events_per_second: float = Field(
+        10_000, ge=0, description="Sustained events per second per key; 0 turns the limit off."
+    )
+    rate_limit_burst: int = Field(
+        20_000, ge=1, description="Events a key may send at once before the rate applies."
+    )
+    publish_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for the broker's acks before answering 503."
+    )
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with a 503.")
+    segment_track_events: dict[str, EventType] = Field(
+        default_factory=lambda: dict(DEFAULT_TRACK_EVENTS),
+        description="Segment track event name -> CLM event type (JSON in the env var).",
+    )
+    segment_anonymous_subject: bool = Field(
+        False,
+        description="Use anonymousId as the customer id when a Segment call has no userId.",
+    )
+
+    @field_validator("segment_track_events")
+    @classmethod
+    def _producer_types_only(cls, value: dict[str, EventType]) -> dict[str, EventType]:
+        derived = sorted(name for name, t in value.items() if t in DERIVED_TYPES)
+        if derived:
+            raise ValueError(f"{derived} map to derived types, which CLM publishes itself")
+        return value

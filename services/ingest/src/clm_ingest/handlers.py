@@ -1,24 +1,62 @@
-"""What ingest does with each event that arrives on the inbound topic."""
+"""What ingest does with the events that arrive on the inbound topic."""
 
 from collections.abc import Sequence
+from typing import Any
 
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_events.consumer import Delivery, Handler
-from clm_events.outbox import add_event
+from clm_events.catalog import DERIVED_TYPES
+from clm_events.consumer import Decoder, Delivery, Handler
+from clm_events.envelope import Event, EventValidationError, FieldError, encode_structured
+from clm_events.outbox import CONTENT_TYPE
 from clm_events.topics import Topics
-from clm_ingest.models import outbox
+from clm_ingest import repository
+
+
+def inbound_decoder(max_event_bytes: int, decode: Decoder) -> Decoder:
+    """The runner's decoder plus the size limit HTTP senders have: an oversized record is
+    dead-lettered like any invalid one (the broker does not enforce a size)."""
+
+    def decode_limited(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> Event:
+        size = len(value or b"")
+        if size > max_event_bytes:
+            raise EventValidationError(
+                [FieldError("", f"event is {size} bytes; the limit is {max_event_bytes}")]
+            )
+        return decode(headers, value)
+
+    return decode_limited
 
 
 def inbound_gate(topics: Topics) -> Handler:
-    """Route validated inbound events to their domain topic, keyed by customer.
+    """Route validated inbound events to their domain topic, keyed by customer, through
+    the outbox (so a crash between commit and publish loses nothing).
 
-    Invalid messages never reach here: the runner dead-letters what does not decode. A type
-    with no domain topic (e.g. a derived `lifecycle.*` event) is refused and dead-lettered.
+    Undecodable messages never reach here: the runner dead-letters them. A derived type
+    (`lifecycle.*`, `campaign.*`) is refused here and the runner dead-letters that one
+    message alone.
     """
 
     async def route(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
+        rows: list[dict[str, Any]] = []
         for d in deliveries:
-            await add_event(session, outbox, topics.domain(d.event.type), d.event)
+            rows.append(_routed(topics, d.event, d.record))
+        await repository.queue_routed(session, rows)
 
     return route
+
+
+def _routed(topics: Topics, event: Event, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    if event.type in DERIVED_TYPES:
+        raise ValueError(
+            f"event type '{event.type}' is derived: CLM publishes it itself, producers may not"
+        )
+    return {
+        "topic": topics.domain(event.type),
+        "key": event.subject.encode(),
+        # Re-encoded: binary-mode input leaves as structured JSON like everything else.
+        "value": encode_structured(event),
+        "headers": [[CONTENT_TYPE[0], CONTENT_TYPE[1].decode()]],
+        "event_id": event.id,
+    }

@@ -1,9 +1,14 @@
+import time
+
 from fastapi import FastAPI
 
+from clm_events.envelope import decode_kafka_record
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
-from clm_ingest import handlers, models
+from clm_ingest import api, handlers, models
 from clm_ingest.config import Settings
+from clm_ingest.domain.rate_limit import RateLimiter
+from clm_ingest.intake import Intake
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -13,5 +18,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         group_id=settings.group_id,
         topics=[rt.topics.inbound],
         handler=handlers.inbound_gate(rt.topics),
+        decode=handlers.inbound_decoder(settings.max_event_bytes, decode_kafka_record),
     )
-    return create_service_app(rt, title="CLM ingest")
+    app = create_service_app(rt, title="CLM ingest", routers=[api.router])
+    app.state.intake = Intake(
+        producer=rt.producer,
+        topics=rt.topics,
+        limiter=RateLimiter(
+            settings.rate_limit_events_per_second, settings.rate_limit_burst, time.monotonic
+        ),
+        max_event_bytes=settings.max_event_bytes,
+        publish_timeout=settings.publish_timeout,
+        retry_after=settings.retry_after_seconds,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""Pure ingest rules: what a request may publish, Segment mapping, rate limits. No I/O."""
