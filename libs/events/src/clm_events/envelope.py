@@ -152,14 +152,14 @@ class CloudEvent(BaseModel):
     @classmethod
     def _known_attributes(cls, value: Any) -> Any:
         # Guard for direct model use; parse_event reports these per attribute instead.
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not _ATTRIBUTES.issuperset(value):
             for name in value:
-                if not _is_attribute_name(name, cls.model_fields):
+                if not _is_attribute_name(name, _ATTRIBUTES):
                     raise PydanticCustomError("unknown_attribute", _unknown_attribute_reason(name))
         return value
 
 
-def _is_attribute_name(name: Any, fields: Mapping[str, Any]) -> bool:
+def _is_attribute_name(name: Any, fields: frozenset[str]) -> bool:
     return isinstance(name, str) and (name in fields or _EXTENSION_NAME.fullmatch(name) is not None)
 
 
@@ -261,7 +261,8 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 _TAGS = frozenset(t.value for t in EventType)
 _SUPPORTED = ", ".join(t.value for t in EventType)
-_ATTRIBUTES = CloudEvent.model_fields
+# Looked up per attribute of every event: a frozenset, not the model_fields property.
+_ATTRIBUTES = frozenset(CloudEvent.model_fields)
 
 
 # --- parsing --------------------------------------------------------------------------
@@ -305,12 +306,14 @@ def parse_event(obj: Mapping[str, Any]) -> Event:
     if type_error is not None:
         raise EventValidationError([type_error])
     errors: list[FieldError] = []
-    known: dict[str, Any] = {}
-    for name, value in obj.items():
-        if _is_attribute_name(name, _ATTRIBUTES):
-            known[name] = value
-        else:
-            errors.append(FieldError(_clip(str(name)), _unknown_attribute_reason(str(name))))
+    known: Mapping[str, Any] = obj
+    if not _ATTRIBUTES.issuperset(obj):  # extensions or unknown names: sort them out
+        known = {}
+        for name, value in obj.items():
+            if _is_attribute_name(name, _ATTRIBUTES):
+                known[name] = value
+            else:
+                errors.append(FieldError(_clip(str(name)), _unknown_attribute_reason(str(name))))
     try:
         event = EVENT_ADAPTER.validate_python(known)
     except ValidationError as exc:
