@@ -2,16 +2,24 @@ from fastapi import FastAPI
 
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
-from clm_scoring import handlers, models
+from clm_scoring import api, handlers, models
 from clm_scoring.config import Settings
+from clm_scoring.jobs import Jobs, Scorer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime("scoring", settings, outbox=models.outbox, processed=models.processed_events)
+    scorer = Scorer(settings, rt.topics)
+    jobs = Jobs(scorer, rt.sessions)
     rt.add_consumer(
         group_id=settings.group_id,
+        # purchase.completed and purchase.refunded share the purchase domain topic.
         topics=[rt.topics.domain("purchase.completed")],
-        handler=handlers.handle,
+        handler=handlers.purchase_handler(scorer),
     )
-    return create_service_app(rt, title="CLM scoring")
+    rt.add_background("refit", jobs.refit_loop)
+    rt.add_background("rescore", jobs.rescore_loop)
+    app = create_service_app(rt, title="CLM scoring", routers=[api.router])
+    app.state.jobs = jobs
+    return app

@@ -1,6 +1,7 @@
 """Tables of the scoring service, all in its own schema."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
 
@@ -8,3 +9,70 @@ SCHEMA = "scoring"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+
+# One row per order: purchases and refunds of an order meet here whatever their order
+# of arrival, so the summary never depends on it.
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("purchased_on", sa.Date),  # null: only a refund seen so far
+    sa.Column("amount", sa.Numeric),
+    sa.Column("refunded", sa.Numeric, nullable=False, server_default="0"),
+)
+
+# The BTYD history per customer (x, t_x and spend; T follows from the scoring date).
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("first_purchase_on", sa.Date, nullable=False),
+    sa.Column("last_purchase_on", sa.Date, nullable=False),
+    sa.Column("purchase_days", sa.Integer, nullable=False),
+    sa.Column("first_spend", sa.Numeric, nullable=False),
+    sa.Column("repeat_spend", sa.Numeric, nullable=False),
+)
+
+scores = sa.Table(
+    "scores",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("p_alive", sa.Float, nullable=False),
+    sa.Column("churn_probability", sa.Float, nullable=False),
+    sa.Column("expected_purchases", sa.Float, nullable=False),
+    sa.Column("expected_spend", sa.Float, nullable=False),
+    sa.Column("clv", sa.Float, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("model_version", sa.BigInteger),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    # What clm.scores last carried, to publish only material moves.
+    sa.Column("published_churn_probability", sa.Float),
+    sa.Column("published_clv", sa.Float),
+    sa.Column("published_model", sa.Text),
+    sa.Column("published_count", sa.Integer, nullable=False, server_default="0"),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("version", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("time_unit", sa.Text, nullable=False),
+    sa.Column("purchase_params", JSONB),
+    sa.Column("spend_params", JSONB),
+    sa.Column("typical_gap", sa.Float, nullable=False),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("repeat_customers", sa.Integer, nullable=False),
+    sa.Column("log_likelihood", sa.Float),
+    sa.Column("spend_log_likelihood", sa.Float),
+    sa.Column("window_start", sa.Date),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("duration_seconds", sa.Float, nullable=False),
+    sa.Column("notes", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column(
+        "fitted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)

@@ -1,0 +1,71 @@
+"""HTTP: a customer's score, the served model, and an on-demand refit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request
+
+from clm_events.auth import AdminKey, ReadKey
+from clm_scoring import repository
+from clm_scoring.jobs import Jobs
+
+router = APIRouter(prefix="/v1", tags=["scoring"])
+
+CustomerId = Annotated[
+    str, Path(min_length=1, max_length=256, description="The customer id (event subject).")
+]
+
+
+def _jobs(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.jobs
+    return jobs
+
+
+@router.get("/customers/{customer_id}/score")
+async def customer_score(customer_id: CustomerId, request: Request, _: ReadKey) -> dict[str, Any]:
+    """The customer's latest score: P(alive), churn probability, expected purchases and
+    spend over the horizon, CLV, and the summary it was computed from."""
+    jobs = _jobs(request)
+    async with jobs.sessions() as session:
+        row = await repository.score_of(session, customer_id)
+    if row is None:
+        raise HTTPException(404, f"customer_id: no purchases recorded for {customer_id!r}")
+    days = row.last_purchase_on - row.first_purchase_on
+    return {
+        "customer_id": customer_id,
+        "p_alive": row.p_alive,
+        "churn_probability": row.churn_probability,
+        "expected_purchases": row.expected_purchases,
+        "expected_spend": row.expected_spend,
+        "clv": row.clv,
+        "horizon_months": jobs.settings.horizon_months,
+        "model": row.model,
+        "model_version": row.model_version,
+        "as_of": row.as_of,
+        "scored_at": row.scored_at,
+        "summary": {
+            "repeat_purchases": row.purchase_days - 1,
+            "first_purchase_on": row.first_purchase_on,
+            "last_purchase_on": row.last_purchase_on,
+            "days_between_first_and_last": days.days,
+        },
+    }
+
+
+@router.get("/model")
+async def model(request: Request, _: ReadKey) -> dict[str, Any]:
+    """The served model: kind, version, parameters, fit statistics, and why a heuristic
+    is served when it is."""
+    return await _jobs(request).describe_model()
+
+
+@router.post("/model/refit")
+async def refit(request: Request, _: AdminKey) -> dict[str, Any]:
+    """Fit now on every customer, store a new model version and rescore everyone with it.
+    A refit already running (another replica, the schedule) is waited for first."""
+    jobs = _jobs(request)
+    described = await jobs.refit(trigger="api", wait=True)
+    assert described is not None  # a waiting refit always fits
+    await jobs.rescore_all()
+    return described

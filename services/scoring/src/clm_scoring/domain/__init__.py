@@ -1,0 +1,1 @@
+"""Pure scoring logic: BTYD summaries, model likelihoods and fits, scores. No I/O."""

@@ -1,0 +1,335 @@
+"""Every SQL statement of the scoring service."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clm_events.envelope import CloudEvent, encode_structured
+from clm_events.outbox import CONTENT_TYPE
+from clm_scoring.domain.arrays import Frequencies, Spends
+from clm_scoring.domain.bgnbd import BgNbdParams
+from clm_scoring.domain.fitting import FitReport
+from clm_scoring.domain.gammagamma import GammaGammaParams
+from clm_scoring.domain.paretonbd import ParetoNbdParams
+from clm_scoring.domain.scores import Heuristic, Model, ModelKind
+from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
+from clm_scoring.models import customers, model_versions, orders, outbox, scores
+
+REFIT_LOCK = zlib.crc32(b"clm-scoring:refit")
+
+
+# -- orders and histories -------------------------------------------------------------
+
+
+async def record_purchases(
+    session: AsyncSession, purchases: Mapping[tuple[str, str], tuple[date, Decimal]]
+) -> None:
+    """(customer, order) -> (day, amount); a repeated order keeps its latest values."""
+    if not purchases:
+        return
+    stmt = insert(orders)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[orders.c.customer_id, orders.c.order_id],
+            set_={"purchased_on": stmt.excluded.purchased_on, "amount": stmt.excluded.amount},
+        ),
+        [
+            {"customer_id": c, "order_id": o, "purchased_on": d, "amount": a}
+            for (c, o), (d, a) in purchases.items()
+        ],
+    )
+
+
+async def record_refunds(session: AsyncSession, refunds: Mapping[tuple[str, str], Decimal]) -> None:
+    """(customer, order) -> refunded amount, added to what was refunded before."""
+    if not refunds:
+        return
+    stmt = insert(orders)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[orders.c.customer_id, orders.c.order_id],
+            set_={"refunded": orders.c.refunded + stmt.excluded.refunded},
+        ),
+        [{"customer_id": c, "order_id": o, "refunded": a} for (c, o), a in refunds.items()],
+    )
+
+
+async def orders_of(session: AsyncSession, customer_ids: Iterable[str]) -> dict[str, list[Order]]:
+    ids = list(customer_ids)
+    rows = await session.execute(
+        sa.select(orders.c.customer_id, orders.c.purchased_on, orders.c.amount, orders.c.refunded)
+        .where(orders.c.customer_id.in_(ids), orders.c.purchased_on.is_not(None))
+        .order_by(orders.c.customer_id)
+    )
+    out: dict[str, list[Order]] = {c: [] for c in ids}
+    for r in rows:
+        out[r.customer_id].append(Order(r.purchased_on, r.amount, r.refunded))
+    return out
+
+
+async def save_histories(
+    session: AsyncSession, histories: Mapping[str, PurchaseHistory | None]
+) -> None:
+    """Upsert histories; None (nothing left after refunds) removes the customer's
+    history and score."""
+    gone = [c for c, h in histories.items() if h is None]
+    if gone:
+        await session.execute(customers.delete().where(customers.c.customer_id.in_(gone)))
+        await session.execute(scores.delete().where(scores.c.customer_id.in_(gone)))
+    rows = [
+        {
+            "customer_id": c,
+            "first_purchase_on": h.first_day,
+            "last_purchase_on": h.last_day,
+            "purchase_days": h.purchase_days,
+            "first_spend": h.first_spend,
+            "repeat_spend": h.repeat_spend,
+        }
+        for c, h in sorted(histories.items())
+        if h is not None
+    ]
+    if rows:
+        stmt = insert(customers)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[customers.c.customer_id],
+                set_={k: stmt.excluded[k] for k in rows[0] if k != "customer_id"},
+            ),
+            rows,
+        )
+
+
+# -- scores ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToScore:
+    customer_id: str
+    history: PurchaseHistory
+    published_churn_probability: float | None
+    published_clv: float | None
+    published_model: str | None
+    published_count: int
+
+
+def _to_score(rows: Iterable[Any]) -> list[ToScore]:
+    return [
+        ToScore(
+            r.customer_id,
+            PurchaseHistory(
+                r.first_purchase_on,
+                r.last_purchase_on,
+                r.purchase_days,
+                r.first_spend,
+                r.repeat_spend,
+            ),
+            r.published_churn_probability,
+            r.published_clv,
+            r.published_model,
+            r.published_count or 0,
+        )
+        for r in rows
+    ]
+
+
+def _to_score_query() -> sa.Select[Any]:
+    return (
+        sa.select(
+            customers,
+            scores.c.published_churn_probability,
+            scores.c.published_clv,
+            scores.c.published_model,
+            scores.c.published_count,
+        )
+        .select_from(customers.outerjoin(scores, scores.c.customer_id == customers.c.customer_id))
+        .order_by(customers.c.customer_id)
+    )
+
+
+async def to_score(session: AsyncSession, customer_ids: Iterable[str]) -> list[ToScore]:
+    ids = list(customer_ids)
+    query = _to_score_query().where(customers.c.customer_id.in_(ids))
+    # Lock the rows: a concurrent rescore page must not publish the same move twice.
+    return _to_score(await session.execute(query.with_for_update(of=customers)))
+
+
+async def page_to_score(session: AsyncSession, after: str | None, limit: int) -> list[ToScore]:
+    """The next page of customers by id (keyset pagination), for the scheduled rescore."""
+    query = _to_score_query().limit(limit)
+    if after is not None:
+        query = query.where(customers.c.customer_id > after)
+    return _to_score(await session.execute(query.with_for_update(of=customers, skip_locked=True)))
+
+
+async def save_scores(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    stmt = insert(scores)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[scores.c.customer_id],
+            set_={k: stmt.excluded[k] for k in rows[0] if k != "customer_id"},
+        ),
+        list(rows),
+    )
+
+
+async def queue_events(session: AsyncSession, topic: str, events: Sequence[CloudEvent]) -> None:
+    """Outbox rows exactly as clm_events.outbox.add_event writes them, in one statement
+    (a rescore can publish thousands; one INSERT each would dominate the pass)."""
+    if not events:
+        return
+    headers = [[CONTENT_TYPE[0], CONTENT_TYPE[1].decode()]]
+    await session.execute(
+        outbox.insert(),
+        [
+            {
+                "topic": topic,
+                "key": e.subject.encode(),
+                "value": encode_structured(e),
+                "headers": headers,
+                "event_id": e.id,
+            }
+            for e in events
+        ],
+    )
+
+
+async def score_of(session: AsyncSession, customer_id: str) -> Any | None:
+    query = (
+        sa.select(scores, customers)
+        .join(customers, customers.c.customer_id == scores.c.customer_id)
+        .where(scores.c.customer_id == customer_id)
+    )
+    return (await session.execute(query)).first()
+
+
+async def churn_distribution(session: AsyncSession) -> dict[int, int]:
+    """Customers per tenth of churn probability (0 = [0, 0.1), ..., 9 = [0.9, 1])."""
+    bucket = sa.func.least(sa.func.floor(scores.c.churn_probability * 10), 9).label("bucket")
+    rows = await session.execute(sa.select(bucket, sa.func.count()).group_by(bucket))
+    return {int(b): int(n) for b, n in rows}
+
+
+# -- fitting data and model versions --------------------------------------------------
+
+
+async def fitting_data(
+    session: AsyncSession, as_of: date, unit: TimeUnit
+) -> tuple[Frequencies | None, Spends | None, date | None]:
+    """Every customer's (x, t_x, T) as distinct rows with counts (the database does the
+    compression), repeat buyers' mean spends, and the first purchase date."""
+    x = customers.c.purchase_days - 1
+    span = customers.c.last_purchase_on - customers.c.first_purchase_on
+    age = sa.func.greatest(sa.literal(as_of) - customers.c.first_purchase_on, span)
+    freq = (
+        await session.execute(sa.select(x, span, age, sa.func.count()).group_by(x, span, age))
+    ).all()
+    if not freq:
+        return None, None, None
+    a = np.array(freq, dtype=np.float64)
+    frequencies = Frequencies.of(a[:, 0], a[:, 1] / unit.days, a[:, 2] / unit.days, a[:, 3])
+    spend_rows = (
+        await session.execute(
+            sa.select(x, customers.c.repeat_spend / x).where(
+                customers.c.purchase_days > 1, customers.c.repeat_spend > 0
+            )
+        )
+    ).all()
+    spends = None
+    if spend_rows:
+        s = np.array(spend_rows, dtype=np.float64)
+        spends = Spends.of(s[:, 0], s[:, 1])
+    first = await session.scalar(sa.select(sa.func.min(customers.c.first_purchase_on)))
+    return frequencies, spends, first
+
+
+async def refit_lock(session: AsyncSession, *, wait: bool) -> bool:
+    """One refit at a time across replicas (held until the transaction ends): wait for
+    it, or return False at once if another refit holds it."""
+    if wait:
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(REFIT_LOCK)))
+        return True
+    return bool(await session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(REFIT_LOCK))))
+
+
+async def save_model(
+    session: AsyncSession,
+    report: FitReport,
+    *,
+    window_start: date | None,
+    window_end: date,
+    trigger: str,
+) -> int:
+    m = report.model
+    version = await session.scalar(
+        model_versions.insert()
+        .values(
+            model=m.kind.value,
+            time_unit=m.time_unit.value,
+            purchase_params=m.purchase.as_dict() if m.purchase else None,
+            spend_params=m.spend.as_dict() if m.spend else None,
+            typical_gap=m.heuristic.typical_gap,
+            customers=report.customers,
+            repeat_customers=report.repeat_customers,
+            log_likelihood=report.log_likelihood,
+            spend_log_likelihood=report.spend_log_likelihood,
+            window_start=window_start,
+            window_end=window_end,
+            duration_seconds=report.seconds,
+            notes=report.notes,
+            trigger=trigger,
+        )
+        .returning(model_versions.c.version)
+    )
+    return int(version or 0)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: Model
+    row: Mapping[str, Any]
+
+    @property
+    def fitted_at(self) -> datetime:
+        value: datetime = self.row["fitted_at"]
+        return value
+
+
+async def current_model(session: AsyncSession) -> ModelVersion | None:
+    row = (
+        (
+            await session.execute(
+                sa.select(model_versions).order_by(model_versions.c.version.desc()).limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    kind = ModelKind(row["model"])
+    purchase: BgNbdParams | ParetoNbdParams | None = None
+    if row["purchase_params"] is not None:
+        cls = BgNbdParams if kind is ModelKind.bgnbd else ParetoNbdParams
+        purchase = cls(**row["purchase_params"])
+    spend = GammaGammaParams(**row["spend_params"]) if row["spend_params"] else None
+    model = Model(
+        kind,
+        TimeUnit(row["time_unit"]),
+        purchase=purchase,
+        spend=spend,
+        heuristic=Heuristic(row["typical_gap"]),
+        version=int(row["version"]),
+    )
+    return ModelVersion(model, dict(row))
