@@ -11,14 +11,14 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Sequence
 from datetime import timedelta
 
 import sqlalchemy as sa
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events import metrics
-from clm_events.envelope import encode_structured
+from clm_events.envelope import CloudEvent, encode_structured
 from clm_events.producer import Message, Producer
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,30 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 
 
-async def add_event(session: AsyncSession, table: sa.Table, topic: str, event: BaseModel) -> None:
+async def add_event(session: AsyncSession, table: sa.Table, topic: str, event: CloudEvent) -> None:
     """Queue a CloudEvent for `topic`, keyed by its subject (the customer id)."""
+    await add_events(session, table, topic, [event])
+
+
+async def add_events(
+    session: AsyncSession, table: sa.Table, topic: str, events: Sequence[CloudEvent]
+) -> None:
+    """Queue many CloudEvents in one statement (a batch or a sweep can derive thousands)."""
+    if not events:
+        return
+    headers = [[CONTENT_TYPE[0], _text(CONTENT_TYPE[1])]]
     await session.execute(
-        table.insert().values(
-            topic=topic,
-            key=str(event.subject).encode(),  # type: ignore[attr-defined]
-            value=encode_structured(event),  # type: ignore[arg-type]
-            headers=[[CONTENT_TYPE[0], _text(CONTENT_TYPE[1])]],
-            event_id=str(event.id),  # type: ignore[attr-defined]
-        )
+        table.insert(),
+        [
+            {
+                "topic": topic,
+                "key": e.subject.encode(),
+                "value": encode_structured(e),
+                "headers": headers,
+                "event_id": e.id,
+            }
+            for e in events
+        ],
     )
 
 

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import CloudEvent, new_event
+from clm_events.outbox import add_events
 from clm_events.topics import Topics
-from clm_scoring import metrics, repository
+from clm_scoring import metrics, models, repository
 from clm_scoring.config import Settings
 from clm_scoring.domain.fitting import FitReport, choose
 from clm_scoring.domain.scores import Model, Policy, Published, PublishRule, material
@@ -149,7 +150,7 @@ class Scorer:
             metrics.CHURN_PROBABILITY.observe(churn_i)
             metrics.CLV.observe(clv)
         await repository.save_scores(session, rows)
-        await repository.queue_events(session, self.topics.scores, events)
+        await add_events(session, models.outbox, self.topics.scores, events)
         metrics.SCORES_COMPUTED.labels(trigger).inc(len(rows))
         metrics.SCORES_PUBLISHED.labels(trigger).inc(len(events))
         return len(events)

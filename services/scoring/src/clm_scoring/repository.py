@@ -14,8 +14,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_events.envelope import CloudEvent, encode_structured
-from clm_events.outbox import CONTENT_TYPE
 from clm_scoring.domain.arrays import Frequencies, Spends
 from clm_scoring.domain.bgnbd import BgNbdParams
 from clm_scoring.domain.fitting import FitReport
@@ -23,7 +21,7 @@ from clm_scoring.domain.gammagamma import GammaGammaParams
 from clm_scoring.domain.paretonbd import ParetoNbdParams
 from clm_scoring.domain.scores import Heuristic, Model, ModelKind
 from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
-from clm_scoring.models import customers, model_versions, orders, outbox, scores
+from clm_scoring.models import customers, model_versions, orders, scores
 
 REFIT_LOCK = zlib.crc32(b"clm-scoring:refit")
 
@@ -181,27 +179,6 @@ async def save_scores(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
             set_={k: stmt.excluded[k] for k in rows[0] if k != "customer_id"},
         ),
         list(rows),
-    )
-
-
-async def queue_events(session: AsyncSession, topic: str, events: Sequence[CloudEvent]) -> None:
-    """Outbox rows exactly as clm_events.outbox.add_event writes them, in one statement
-    (a rescore can publish thousands; one INSERT each would dominate the pass)."""
-    if not events:
-        return
-    headers = [[CONTENT_TYPE[0], CONTENT_TYPE[1].decode()]]
-    await session.execute(
-        outbox.insert(),
-        [
-            {
-                "topic": topic,
-                "key": e.subject.encode(),
-                "value": encode_structured(e),
-                "headers": headers,
-                "event_id": e.id,
-            }
-            for e in events
-        ],
     )
 
 
