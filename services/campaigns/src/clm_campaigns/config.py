@@ -1,3 +1,4 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
@@ -8,3 +9,39 @@ class Settings(ServiceSettings):
 
     port: int = 8004
     group_id: str = "clm-campaigns"
+
+    # Global contact cap: at most this many actions per customer per period, all triggers.
+    global_cap_max: int = Field(5, ge=1)
+    global_cap_period_seconds: int = Field(86_400, ge=1)
+    default_timezone: str = Field("UTC", description="For quiet hours of customers without one.")
+
+    # Dispatcher.
+    dispatch_batch_size: int = Field(500, ge=1)
+    dispatch_concurrency: int = Field(
+        16, ge=1, description="Webhook and SMTP sends in flight at once per replica."
+    )
+    dispatch_poll_interval: float = Field(0.1, gt=0)
+    dispatch_lease_seconds: float = Field(
+        30.0, gt=0, description="A claimed action whose sender died is retried after this."
+    )
+    max_attempts: int = Field(8, ge=1)
+    retry_base_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+
+    # Webhooks.
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs a webhook may target even though they are loopback, private or "
+        "link-local (SSRF guard), e.g. ['127.0.0.1/32'] for a local receiver.",
+    )
+
+    # Email (SMTP).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = Field(None, repr=False)
+    smtp_start_tls: bool = False
+    smtp_use_tls: bool = False
+    smtp_timeout_seconds: float = Field(10.0, gt=0)
+    email_from: str = "clm@localhost"

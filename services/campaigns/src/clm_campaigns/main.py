@@ -1,7 +1,12 @@
+from datetime import timedelta
+
 from fastapi import FastAPI
 
-from clm_campaigns import handlers, models
+from clm_campaigns import api, models
 from clm_campaigns.config import Settings
+from clm_campaigns.dispatcher import Dispatcher
+from clm_campaigns.domain.policy import GlobalCap
+from clm_campaigns.handlers import Campaigns, TriggerCache
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
 
@@ -9,9 +14,27 @@ from clm_events.service import create_app as create_service_app
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime("campaigns", settings, outbox=models.outbox, processed=models.processed_events)
+    relay = rt.relay
+    dispatcher = Dispatcher(
+        sessions=rt.sessions,
+        settings=settings,
+        actions_topic=rt.topics.actions,
+        on_outbox=relay.wake if relay is not None else None,
+    )
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[rt.topics.transitions, rt.topics.scores, *rt.topics.domains],
-        handler=handlers.handle,
+        handler=Campaigns(
+            triggers=TriggerCache(),
+            actions_topic=rt.topics.actions,
+            global_cap=GlobalCap(
+                settings.global_cap_max, timedelta(seconds=settings.global_cap_period_seconds)
+            ),
+            default_timezone=settings.default_timezone,
+            on_commit=dispatcher.wake,
+        ),
     )
-    return create_service_app(rt, title="CLM campaigns")
+    rt.add_background("dispatcher", dispatcher.run)
+    app = create_service_app(rt, title="CLM campaigns", routers=[api.router])
+    app.state.dispatcher = dispatcher
+    return app

@@ -1,6 +1,7 @@
 """Tables of the campaigns service, all in its own schema."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
 
@@ -8,3 +9,82 @@ SCHEMA = "campaigns"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+
+_now = sa.func.now()
+
+# The current definition of each trigger; every change is also kept in trigger_versions.
+triggers = sa.Table(
+    "triggers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_by", sa.Text, nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+)
+
+trigger_versions = sa.Table(
+    "trigger_versions",
+    metadata,
+    sa.Column("trigger_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("change", sa.Text, nullable=False),  # created, updated, enabled, disabled, deleted
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("changed_by", sa.Text, nullable=False),  # API key id
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# What campaigns knows about each customer, kept from the topics, to personalise actions
+# without calling other services.
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("stage", sa.Text),
+    sa.Column("stage_at", sa.DateTime(timezone=True)),
+    sa.Column("traits", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("facts", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("scores", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("scores_at", sa.DateTime(timezone=True)),
+    sa.Column("recent_purchases", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# One row per trigger match: sent, to be sent, suppressed or held out.
+actions = sa.Table(
+    "actions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("trigger_id", sa.Text, nullable=False),
+    sa.Column("trigger_version", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    # pending, sending, delivered, failed, suppressed, held_out
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("suppressed_reason", sa.Text),
+    sa.Column("deferred_reason", sa.Text),  # delay, quiet_hours: held, not dropped
+    sa.Column("target", JSONB, nullable=False),  # rendered destination (url, address, topic)
+    sa.Column("payload", sa.Text),  # rendered body
+    sa.Column("cause_event", sa.Text, nullable=False),
+    sa.Column("cause_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # When to send; while sending, when the claim lapses (a crashed sender's action is
+    # then claimed again).
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("conversion_window_seconds", sa.Integer, nullable=False),
+    sa.Column("converted_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_actions_customer", "customer_id", "created_at"),
+    sa.Index("ix_actions_trigger", "trigger_id", "status"),
+    sa.Index(
+        "ix_actions_due",
+        "due_at",
+        postgresql_where=sa.text("status IN ('pending', 'sending')"),
+    ),
+)

@@ -1,0 +1,306 @@
+"""HTTP API: triggers (admin keys change them), preview, stats and actions (read keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clm_campaigns import repository
+from clm_campaigns.channels import SsrfRefused, check_target
+from clm_campaigns.domain.evaluate import (
+    condition_context,
+    preview_json,
+    render,
+    template_context,
+)
+from clm_campaigns.domain.projection import Occasion
+from clm_campaigns.domain.stats import Group, summarize
+from clm_campaigns.domain.templates import TemplateProblem
+from clm_campaigns.domain.triggers import (
+    OnEvent,
+    OnTransition,
+    TriggerDefinition,
+    WebhookAction,
+    compile_trigger,
+    definition_json,
+)
+from clm_campaigns.schemas import (
+    ActionOut,
+    ActionStatus,
+    PreviewIn,
+    PreviewOut,
+    TriggerIn,
+    TriggerOut,
+    TriggerVersion,
+)
+from clm_events.auth import AdminKey, ReadKey
+
+router = APIRouter(prefix="/v1", tags=["campaigns"])
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    # The request owns the transaction: committed when the endpoint returns, rolled back
+    # when it raises.
+    async with request.app.state.runtime.sessions() as session, session.begin():
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(_session)]
+
+
+def _unprocessable(loc: list[str], msg: str) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def _masked(definition: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(definition)
+    action = out.get("action", {})
+    if action.get("secret"):
+        action["secret"] = "whsec_********"
+    return out
+
+
+def _out(row: repository.TriggerRow, secret: str | None = None) -> TriggerOut:
+    return TriggerOut(
+        id=row.id,
+        version=row.version,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        updated_by=row.updated_by,
+        definition=_masked(row.definition),
+        secret=secret,
+    )
+
+
+async def _check_webhook(request: Request, definition: TriggerDefinition) -> None:
+    """Refuse webhook targets in loopback, private or link-local ranges (SSRF) now; a
+    host that does not resolve yet is checked again at every send."""
+    action = definition.action
+    if not isinstance(action, WebhookAction):
+        return
+    allowed = request.app.state.dispatcher.webhooks.allowed
+    try:
+        await asyncio.wait_for(check_target(action.url, allowed), timeout=2.0)
+    except SsrfRefused as exc:
+        raise _unprocessable(["action", "url"], str(exc)) from exc
+    except (OSError, TimeoutError):
+        pass
+
+
+def _with_secret(
+    definition: TriggerDefinition, previous: dict[str, Any] | None
+) -> tuple[dict[str, Any], str | None]:
+    """The definition to store, with a webhook secret: the given one, the previous one,
+    or a new one (returned so the response can show it once)."""
+    data = definition_json(definition)
+    action = data["action"]
+    if action["channel"] != "webhook" or action.get("secret"):
+        return data, None
+    old = (previous or {}).get("action", {})
+    if old.get("channel") == "webhook" and old.get("secret"):
+        action["secret"] = old["secret"]
+        return data, None
+    action["secret"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    return data, action["secret"]
+
+
+async def _current(
+    session: AsyncSession, trigger_id: str, *, lock: bool = False
+) -> repository.TriggerRow:
+    row = await repository.get_trigger(session, trigger_id, for_update=lock)
+    if row is None:
+        raise HTTPException(404, f"trigger {trigger_id!r} not found")
+    return row
+
+
+def _check_version(row: repository.TriggerRow, if_match: str | None) -> None:
+    if if_match is not None and if_match.strip('"W/') != str(row.version):
+        raise HTTPException(412, f"trigger {row.id!r} is at version {row.version}, not {if_match}")
+
+
+@router.post("/triggers", status_code=201, response_model=TriggerOut)
+async def create_trigger(
+    body: TriggerIn, request: Request, session: Session, caller: AdminKey
+) -> TriggerOut:
+    """Create a trigger (version 1). A webhook secret is generated when none is given
+    and shown once in this response."""
+    definition = body.definition()
+    await _check_webhook(request, definition)
+    data, secret = _with_secret(definition, None)
+    row = await repository.insert_trigger(
+        session,
+        trigger_id=f"trg_{secrets.token_hex(8)}",
+        definition=data,
+        enabled=body.enabled,
+        by=caller.id,
+    )
+    return _out(row, secret)
+
+
+@router.get("/triggers", response_model=list[TriggerOut])
+async def list_triggers(
+    session: Session, caller: ReadKey, enabled: bool | None = None
+) -> list[TriggerOut]:
+    return [_out(r) for r in await repository.list_triggers(session, enabled=enabled)]
+
+
+@router.get("/triggers/{trigger_id}", response_model=TriggerOut)
+async def get_trigger(
+    trigger_id: str, session: Session, caller: ReadKey, response: Response
+) -> TriggerOut:
+    row = await _current(session, trigger_id)
+    response.headers["ETag"] = f'"{row.version}"'
+    return _out(row)
+
+
+@router.put("/triggers/{trigger_id}", response_model=TriggerOut)
+async def replace_trigger(
+    trigger_id: str,
+    body: TriggerIn,
+    request: Request,
+    session: Session,
+    caller: AdminKey,
+    if_match: Annotated[str | None, Header(description="Expected version (optional).")] = None,
+) -> TriggerOut:
+    """Replace the definition: a new version. An omitted webhook secret keeps the old one."""
+    row = await _current(session, trigger_id, lock=True)
+    _check_version(row, if_match)
+    definition = body.definition()
+    await _check_webhook(request, definition)
+    data, secret = _with_secret(definition, row.definition)
+    new = await repository.change_trigger(
+        session, row, change="updated", by=caller.id, definition=data, enabled=body.enabled
+    )
+    return _out(new, secret)
+
+
+@router.delete("/triggers/{trigger_id}", status_code=204)
+async def delete_trigger(trigger_id: str, session: Session, caller: AdminKey) -> Response:
+    """Stop the trigger for good. Its versions, actions and stats stay readable."""
+    row = await _current(session, trigger_id, lock=True)
+    await repository.change_trigger(session, row, change="deleted", by=caller.id, delete=True)
+    return Response(status_code=204)
+
+
+@router.post("/triggers/{trigger_id}/enable", response_model=TriggerOut)
+async def enable_trigger(trigger_id: str, session: Session, caller: AdminKey) -> TriggerOut:
+    row = await _current(session, trigger_id, lock=True)
+    if row.enabled:
+        return _out(row)
+    return _out(
+        await repository.change_trigger(session, row, change="enabled", by=caller.id, enabled=True)
+    )
+
+
+@router.post("/triggers/{trigger_id}/disable", response_model=TriggerOut)
+async def disable_trigger(trigger_id: str, session: Session, caller: AdminKey) -> TriggerOut:
+    row = await _current(session, trigger_id, lock=True)
+    if not row.enabled:
+        return _out(row)
+    return _out(
+        await repository.change_trigger(
+            session, row, change="disabled", by=caller.id, enabled=False
+        )
+    )
+
+
+@router.get("/triggers/{trigger_id}/versions", response_model=list[TriggerVersion])
+async def trigger_versions(
+    trigger_id: str, session: Session, caller: ReadKey
+) -> list[TriggerVersion]:
+    """Every version: what changed, who (API key id) and when."""
+    versions = await repository.list_versions(session, trigger_id)
+    if not versions:
+        raise HTTPException(404, f"trigger {trigger_id!r} not found")
+    return [TriggerVersion(**{**v, "definition": _masked(v["definition"])}) for v in versions]
+
+
+@router.post("/triggers/{trigger_id}/preview", response_model=PreviewOut)
+async def preview(
+    trigger_id: str, body: PreviewIn, session: Session, caller: AdminKey
+) -> PreviewOut:
+    """Render the action for a customer as it would be sent now, without sending or
+    recording anything."""
+    row = await _current(session, trigger_id)
+    trigger = compile_trigger(row.id, row.version, TriggerDefinition.model_validate(row.definition))
+    state = await repository.get_customer(session, body.customer_id)
+    if state is None:
+        raise HTTPException(404, f"customer {body.customer_id!r} is not known to campaigns yet")
+    occasion = _sample_occasion(trigger.definition, body, state.stage, state.scores)
+    try:
+        rendered = render(trigger, template_context(trigger, state, occasion, "act_preview"))
+    except TemplateProblem as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return PreviewOut(
+        trigger_id=row.id,
+        customer_id=state.customer_id,
+        channel=trigger.channel,
+        condition_matches=trigger.condition.matches(condition_context(state, occasion)),
+        target=rendered.target,
+        payload=rendered.payload,
+        payload_json=preview_json(rendered),
+    )
+
+
+def _sample_occasion(
+    definition: TriggerDefinition, body: PreviewIn, stage: str | None, scores: dict[str, Any]
+) -> Occasion:
+    now = datetime.now(UTC)
+    if body.event is not None:
+        kind, data = body.event.type, body.event.data
+    elif isinstance(definition.on, OnTransition):
+        kind = "lifecycle.stage_changed"
+        data = {
+            "from_stage": stage,
+            "to_stage": definition.on.to_stage.value,
+            "at": now.isoformat(),
+        }
+    elif isinstance(definition.on, OnEvent):
+        kind, data = definition.on.event_type.value, {}
+    else:
+        kind, data = "lifecycle.score_updated", dict(scores)
+    return Occasion(
+        event_id="preview",
+        event_source="clm/campaigns/preview",
+        event_type=kind,
+        time=now,
+        data=data,
+    )
+
+
+@router.get("/triggers/{trigger_id}/stats")
+async def trigger_stats(trigger_id: str, session: Session, caller: ReadKey) -> dict[str, Any]:
+    """Fired, delivered, failed, suppressed by reason, held out, conversions of treated
+    (delivered) and holdout customers within the trigger's window, and the uplift."""
+    if not await repository.trigger_exists(session, trigger_id):
+        raise HTTPException(404, f"trigger {trigger_id!r} not found")
+    c = await repository.trigger_counts(session, trigger_id)
+    return {
+        "trigger_id": trigger_id,
+        **summarize(c.by_status, c.suppressed, c.deferred, Group(*c.treated), Group(*c.holdout)),
+    }
+
+
+@router.get("/actions", response_model=list[ActionOut])
+async def list_actions(
+    session: Session,
+    caller: ReadKey,
+    customer_id: Annotated[str | None, Query(max_length=256)] = None,
+    trigger_id: Annotated[str | None, Query(max_length=256)] = None,
+    status: ActionStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ActionOut]:
+    """Latest actions first, filtered by customer, trigger and status."""
+    rows = await repository.list_actions(
+        session, customer_id=customer_id, trigger_id=trigger_id, status=status, limit=limit
+    )
+    return [ActionOut(**r) for r in rows]

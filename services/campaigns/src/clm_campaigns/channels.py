@@ -1,0 +1,158 @@
+"""Senders: one delivery attempt over a webhook or SMTP. They never raise for a failed
+delivery; they say whether it may be retried."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import httpx
+from standardwebhooks import Webhook
+
+from clm_campaigns import metrics
+from clm_campaigns.config import Settings
+from clm_campaigns.domain.network import Network, parse_networks, refusal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str | None = None
+    retryable: bool = True
+
+
+class SsrfRefused(ValueError):
+    pass
+
+
+async def check_target(url: str, allowed: list[Network]) -> None:
+    """Resolve the URL's host and refuse it if any address is loopback, private,
+    link-local (or otherwise not public) and not explicitly allowed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        reason = refusal(address, allowed)
+        if reason is not None:
+            raise SsrfRefused(
+                f"webhook target {host} refused: {reason} (allow it with "
+                "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS)"
+            )
+
+
+class WebhookSender:
+    def __init__(self, settings: Settings) -> None:
+        self._allowed = parse_networks(settings.webhook_allowed_networks)
+        # No redirects: a public URL must not bounce us to an internal one.
+        self._client = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.dispatch_concurrency),
+        )
+
+    @property
+    def allowed(self) -> list[Network]:
+        return self._allowed
+
+    async def send(
+        self, *, action_id: str, target: dict[str, Any], payload: str, secret: str | None
+    ) -> Outcome:
+        started = time.perf_counter()
+        outcome = await self._send(action_id, target, payload, secret)
+        metrics.DELIVERY_SECONDS.labels("webhook", "ok" if outcome.ok else "error").observe(
+            time.perf_counter() - started
+        )
+        return outcome
+
+    async def _send(
+        self, action_id: str, target: dict[str, Any], payload: str, secret: str | None
+    ) -> Outcome:
+        url = str(target["url"])
+        try:
+            await check_target(url, self._allowed)
+        except SsrfRefused as exc:
+            return Outcome(False, str(exc), retryable=False)
+        except OSError as exc:  # DNS failure: may be temporary
+            return Outcome(False, f"cannot resolve webhook host: {exc}")
+        if not secret:
+            return Outcome(False, "the trigger has no webhook secret", retryable=False)
+        now = datetime.now(UTC)
+        headers = {
+            **target.get("headers", {}),
+            "content-type": str(target.get("content_type", "application/json")),
+            # Standard Webhooks: the id is the action id, the receiver's idempotency key.
+            "webhook-id": action_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign(action_id, now, payload),
+        }
+        try:
+            response = await self._client.post(url, content=payload.encode(), headers=headers)
+        except httpx.HTTPError as exc:
+            return Outcome(False, f"{type(exc).__name__}: {exc}"[:500])
+        if 200 <= response.status_code < 300:
+            return Outcome(True)
+        return Outcome(False, f"HTTP {response.status_code}")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class EmailSender:
+    def __init__(self, settings: Settings) -> None:
+        self._s = settings
+
+    async def send(self, *, action_id: str, target: dict[str, Any], payload: str) -> Outcome:
+        started = time.perf_counter()
+        outcome = await self._send(action_id, target, payload)
+        metrics.DELIVERY_SECONDS.labels("email", "ok" if outcome.ok else "error").observe(
+            time.perf_counter() - started
+        )
+        return outcome
+
+    async def _send(self, action_id: str, target: dict[str, Any], payload: str) -> Outcome:
+        to, subject = str(target.get("to", "")), str(target.get("subject", ""))
+        if "@" not in to or any(c in to + subject for c in "\r\n"):
+            return Outcome(False, f"invalid recipient or subject for action {action_id}", False)
+        s = self._s
+        message = EmailMessage()
+        message["From"] = s.email_from
+        message["To"] = to
+        message["Subject"] = subject
+        # Lets a mail pipeline drop a re-sent copy after a crash.
+        message["Message-ID"] = f"<{action_id}@clm.campaigns>"
+        message["X-CLM-Action-Id"] = action_id
+        message.set_content(payload)
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=s.smtp_password,
+                start_tls=s.smtp_start_tls,
+                use_tls=s.smtp_use_tls,
+                timeout=s.smtp_timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return Outcome(False, f"recipient refused: {exc}"[:500], retryable=False)
+        except aiosmtplib.SMTPResponseException as exc:
+            # 5xx is permanent (RFC 5321); 4xx is worth another try.
+            return Outcome(False, f"SMTP {exc.code}: {exc.message}"[:500], exc.code < 500)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return Outcome(False, f"{type(exc).__name__}: {exc}"[:500])
+        return Outcome(True)

@@ -1,0 +1,142 @@
+"""The customer as campaigns sees it, kept from the topics: traits, stage, facts, scores
+and recent purchases; and what each event means for triggers (an occasion)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from clm_events.facts import FACTS
+
+RECENT_PURCHASES = 10
+TRAIT_FACTS = ("email", "name", "timezone", "locale")
+MAX_TRAITS = 100
+
+
+@dataclass
+class CustomerState:
+    customer_id: str
+    stage: str | None = None
+    stage_at: datetime | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    scores_at: datetime | None = None
+    recent_purchases: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def timezone(self) -> str | None:
+        tz = self.traits.get("timezone") or self.facts.get("timezone")
+        return tz if isinstance(tz, str) else None
+
+    def all_facts(self) -> dict[str, Any]:
+        """Every fact name conditions may use, null when unknown: stage-engine facts,
+        traits seen on web events, and the latest scores."""
+        out: dict[str, Any] = dict.fromkeys(FACTS)
+        out.update({k: v for k, v in self.facts.items() if k in FACTS})
+        for name in TRAIT_FACTS:
+            if self.traits.get(name) is not None:
+                out[name] = self.traits[name]
+        for name in ("clv", "churn_probability"):
+            if self.scores.get(name) is not None:
+                out[name] = self.scores[name]
+        return out
+
+    def as_template(self) -> dict[str, Any]:
+        return {
+            "id": self.customer_id,
+            "stage": self.stage,
+            "stage_since": self.stage_at.isoformat() if self.stage_at else None,
+            "traits": dict(self.traits),
+            "facts": self.all_facts(),
+            "scores": dict(self.scores),
+            "recent_purchases": list(self.recent_purchases),
+        }
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """What happened to the customer, as triggers match it."""
+
+    event_id: str
+    event_source: str
+    event_type: str
+    time: datetime
+    data: dict[str, Any]
+    from_stage: str | None = None
+    to_stage: str | None = None
+    previous_scores: dict[str, Any] | None = None
+
+    def as_context(self) -> dict[str, Any]:
+        return {
+            "id": self.event_id,
+            "source": self.event_source,
+            "type": self.event_type,
+            "time": self.time.isoformat(),
+            "data": self.data,
+        }
+
+
+def _merge_traits(state: CustomerState, traits: dict[str, Any]) -> None:
+    for key, value in traits.items():
+        if value is None or not isinstance(key, str):
+            continue
+        if key in state.traits or len(state.traits) < MAX_TRAITS:
+            state.traits[key] = value
+
+
+def apply(
+    state: CustomerState,
+    *,
+    event_id: str,
+    source: str,
+    event_type: str,
+    time: datetime,
+    data: dict[str, Any],
+) -> Occasion:
+    """Update the projection with one event (JSON `data`) and return its occasion.
+
+    Late events never overwrite newer state (stage and scores keep the latest by event
+    time), but they still are occasions: the transition did happen.
+    """
+    occasion_kwargs: dict[str, Any] = {}
+    if event_type == "lifecycle.stage_changed":
+        at = datetime.fromisoformat(data["at"]) if isinstance(data.get("at"), str) else time
+        occasion_kwargs = {"from_stage": data.get("from_stage"), "to_stage": data.get("to_stage")}
+        if state.stage_at is None or at >= state.stage_at:
+            state.stage, state.stage_at = data.get("to_stage"), at
+            facts = data.get("facts") or {}
+            state.facts = {k: v for k, v in facts.items() if k in FACTS}
+            _merge_traits(state, {k: facts.get(k) for k in TRAIT_FACTS})
+    elif event_type == "lifecycle.score_updated":
+        occasion_kwargs = {"previous_scores": dict(state.scores)}
+        if state.scores_at is None or time >= state.scores_at:
+            state.scores = dict(data)
+            state.scores_at = time
+    elif event_type == "web.signed_up":
+        _merge_traits(state, {"email": data.get("email"), "name": data.get("name")})
+        _merge_traits(state, data.get("traits") or {})
+    elif event_type == "web.identified":
+        _merge_traits(state, data.get("traits") or {})
+    elif event_type == "purchase.completed":
+        purchase = {
+            "order_id": data.get("order_id"),
+            "amount": data.get("amount"),
+            "currency": data.get("currency"),
+            "time": time.isoformat(),
+        }
+        if data.get("items"):
+            purchase["items"] = data["items"]
+        kept = [p for p in state.recent_purchases if p.get("order_id") != purchase["order_id"]]
+        kept.append(purchase)
+        kept.sort(key=lambda p: str(p.get("time")), reverse=True)
+        state.recent_purchases = kept[:RECENT_PURCHASES]
+    return Occasion(
+        event_id=event_id,
+        event_source=source,
+        event_type=event_type,
+        time=time,
+        data=data,
+        **occasion_kwargs,
+    )

@@ -1,0 +1,61 @@
+"""Per-trigger stats from action counts: what fired, what arrived, what converted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Group:
+    actions: int
+    converted: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.converted / self.actions if self.actions else None
+
+
+def summarize(
+    by_status: Mapping[str, int],
+    suppressed: Mapping[str, int],
+    deferred: Mapping[str, int],
+    treated: Group,
+    holdout: Group,
+) -> dict[str, Any]:
+    """`matched` = fired + suppressed + held out; `fired` = delivered + failed + in flight.
+    Uplift compares the conversion rate of delivered actions with the holdout's."""
+    held_out = by_status.get("held_out", 0)
+    suppressed_total = by_status.get("suppressed", 0)
+    delivered, failed = by_status.get("delivered", 0), by_status.get("failed", 0)
+    in_flight = by_status.get("pending", 0) + by_status.get("sending", 0)
+    fired = delivered + failed + in_flight
+    rt, rh = treated.rate, holdout.rate
+    uplift: dict[str, float | None] = {"absolute": None, "relative": None}
+    if rt is not None and rh is not None:
+        uplift["absolute"] = rt - rh
+        uplift["relative"] = (rt - rh) / rh if rh else None
+    return {
+        "matched": fired + suppressed_total + held_out,
+        "fired": fired,
+        "delivered": delivered,
+        "failed": failed,
+        "in_flight": in_flight,
+        "suppressed": {"total": suppressed_total, "by_reason": dict(suppressed)},
+        "held_out": held_out,
+        "deferred": dict(deferred),
+        "conversions": {
+            "treated": {
+                "actions": treated.actions,
+                "converted": treated.converted,
+                "rate": rt,
+            },
+            "holdout": {
+                "actions": holdout.actions,
+                "converted": holdout.converted,
+                "rate": rh,
+            },
+        },
+        "uplift": uplift,
+    }

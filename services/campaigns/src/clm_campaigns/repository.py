@@ -1,0 +1,449 @@
+"""Every SQL statement of the campaigns service. Callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clm_campaigns.domain.policy import PastContact
+from clm_campaigns.domain.projection import CustomerState
+from clm_campaigns.models import actions, customers, trigger_versions, triggers
+
+# Statuses that count as contacting the customer (for caps and cooldowns).
+CONTACT_STATUSES = ("pending", "sending", "delivered")
+FINAL_STATUSES = ("delivered", "failed", "suppressed", "held_out")
+
+
+# --- triggers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TriggerRow:
+    id: str
+    version: int
+    enabled: bool
+    definition: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+
+_TRIGGER_COLUMNS = (
+    triggers.c.id,
+    triggers.c.version,
+    triggers.c.enabled,
+    triggers.c.definition,
+    triggers.c.created_at,
+    triggers.c.updated_at,
+    triggers.c.updated_by,
+)
+
+
+def _trigger(row: Any) -> TriggerRow:
+    return TriggerRow(*row)
+
+
+async def insert_trigger(
+    session: AsyncSession, *, trigger_id: str, definition: dict[str, Any], enabled: bool, by: str
+) -> TriggerRow:
+    row = (
+        await session.execute(
+            triggers.insert()
+            .values(id=trigger_id, version=1, enabled=enabled, definition=definition, updated_by=by)
+            .returning(*_TRIGGER_COLUMNS)
+        )
+    ).one()
+    await _record_version(session, _trigger(row), "created")
+    return _trigger(row)
+
+
+async def get_trigger(
+    session: AsyncSession, trigger_id: str, *, for_update: bool = False
+) -> TriggerRow | None:
+    stmt = sa.select(*_TRIGGER_COLUMNS).where(
+        triggers.c.id == trigger_id, triggers.c.deleted_at.is_(None)
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return _trigger(row) if row else None
+
+
+async def trigger_exists(session: AsyncSession, trigger_id: str) -> bool:
+    """Also true for a deleted trigger: its history and stats stay readable."""
+    return bool(await session.scalar(sa.select(sa.exists().where(triggers.c.id == trigger_id))))
+
+
+async def list_triggers(session: AsyncSession, *, enabled: bool | None = None) -> list[TriggerRow]:
+    stmt = sa.select(*_TRIGGER_COLUMNS).where(triggers.c.deleted_at.is_(None))
+    if enabled is not None:
+        stmt = stmt.where(triggers.c.enabled.is_(enabled))
+    rows = await session.execute(stmt.order_by(triggers.c.created_at, triggers.c.id))
+    return [_trigger(r) for r in rows]
+
+
+async def change_trigger(
+    session: AsyncSession,
+    current: TriggerRow,
+    *,
+    change: str,
+    by: str,
+    definition: dict[str, Any] | None = None,
+    enabled: bool | None = None,
+    delete: bool = False,
+) -> TriggerRow:
+    """A new version of a trigger (the caller holds the row lock from get_trigger)."""
+    values: dict[str, Any] = {
+        "version": current.version + 1,
+        "updated_at": sa.func.now(),
+        "updated_by": by,
+    }
+    if definition is not None:
+        values["definition"] = definition
+    if enabled is not None:
+        values["enabled"] = enabled
+    if delete:
+        values["deleted_at"] = sa.func.now()
+        values["enabled"] = False
+    row = (
+        await session.execute(
+            triggers.update()
+            .where(triggers.c.id == current.id)
+            .values(**values)
+            .returning(*_TRIGGER_COLUMNS)
+        )
+    ).one()
+    await _record_version(session, _trigger(row), change)
+    return _trigger(row)
+
+
+async def _record_version(session: AsyncSession, row: TriggerRow, change: str) -> None:
+    await session.execute(
+        trigger_versions.insert().values(
+            trigger_id=row.id,
+            version=row.version,
+            change=change,
+            enabled=row.enabled,
+            definition=row.definition,
+            changed_by=row.updated_by,
+            changed_at=row.updated_at,
+        )
+    )
+
+
+async def list_versions(session: AsyncSession, trigger_id: str) -> list[dict[str, Any]]:
+    t = trigger_versions
+    rows = await session.execute(
+        sa.select(
+            t.c.version, t.c.change, t.c.enabled, t.c.definition, t.c.changed_by, t.c.changed_at
+        )
+        .where(t.c.trigger_id == trigger_id)
+        .order_by(t.c.version)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def enabled_triggers(session: AsyncSession) -> list[tuple[str, int, dict[str, Any]]]:
+    rows = await session.execute(
+        sa.select(triggers.c.id, triggers.c.version, triggers.c.definition)
+        .where(triggers.c.enabled.is_(True), triggers.c.deleted_at.is_(None))
+        .order_by(triggers.c.id)
+    )
+    return [(r.id, r.version, r.definition) for r in rows]
+
+
+# --- customer projection --------------------------------------------------------------
+
+
+def _state(row: Any) -> CustomerState:
+    return CustomerState(
+        customer_id=row.customer_id,
+        stage=row.stage,
+        stage_at=row.stage_at,
+        traits=dict(row.traits),
+        facts=dict(row.facts),
+        scores=dict(row.scores),
+        scores_at=row.scores_at,
+        recent_purchases=list(row.recent_purchases),
+    )
+
+
+async def load_customers(
+    session: AsyncSession, customer_ids: Sequence[str], *, lock: bool = True
+) -> dict[str, CustomerState]:
+    """Customers of a batch, locked so two consumers (a rebalance overlap) cannot
+    interleave their read-modify-write of the same customer."""
+    stmt = sa.select(customers).where(customers.c.customer_id.in_(customer_ids))
+    if lock:
+        stmt = stmt.order_by(customers.c.customer_id).with_for_update()
+    return {r.customer_id: _state(r) for r in await session.execute(stmt)}
+
+
+async def get_customer(session: AsyncSession, customer_id: str) -> CustomerState | None:
+    return (await load_customers(session, [customer_id], lock=False)).get(customer_id)
+
+
+async def save_customers(session: AsyncSession, states: Iterable[CustomerState]) -> None:
+    rows = [
+        {
+            "customer_id": s.customer_id,
+            "stage": s.stage,
+            "stage_at": s.stage_at,
+            "traits": s.traits,
+            "facts": s.facts,
+            "scores": s.scores,
+            "scores_at": s.scores_at,
+            "recent_purchases": s.recent_purchases,
+        }
+        for s in states
+    ]
+    if not rows:
+        return
+    stmt = insert(customers)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[customers.c.customer_id],
+        set_={
+            **{k: stmt.excluded[k] for k in rows[0] if k != "customer_id"},
+            "updated_at": sa.func.now(),
+        },
+    )
+    # Sorted: concurrent batches then lock rows in the same order (no deadlock).
+    rows.sort(key=lambda r: str(r["customer_id"]))
+    for chunk in _chunks(rows, 1000):
+        await session.execute(stmt, chunk)
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+# --- actions --------------------------------------------------------------------------
+
+
+async def recent_contacts(
+    session: AsyncSession, customer_ids: Sequence[str], since: datetime
+) -> dict[str, list[PastContact]]:
+    a = actions
+    rows = await session.execute(
+        sa.select(a.c.customer_id, a.c.trigger_id, a.c.created_at).where(
+            a.c.customer_id.in_(customer_ids),
+            a.c.created_at >= since,
+            a.c.status.in_(CONTACT_STATUSES),
+        )
+    )
+    out: dict[str, list[PastContact]] = {}
+    for r in rows:
+        out.setdefault(r.customer_id, []).append(PastContact(r.trigger_id, r.created_at))
+    return out
+
+
+async def insert_actions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    for chunk in _chunks(rows, 1000):
+        await session.execute(actions.insert(), chunk)
+
+
+async def record_conversions(
+    session: AsyncSession, purchases: Sequence[tuple[str, datetime]]
+) -> int:
+    """Mark delivered and held-out actions followed by a purchase within their window."""
+    if not purchases:
+        return 0
+    a = actions
+    p = sa.values(
+        sa.column("customer_id", sa.Text),
+        sa.column("at", sa.DateTime(timezone=True)),
+        name="p",
+    ).data(list(purchases))
+    started = sa.case((a.c.status == "delivered", a.c.delivered_at), else_=a.c.created_at)
+    window = sa.func.make_interval(0, 0, 0, 0, 0, 0, a.c.conversion_window_seconds)
+    result = await session.execute(
+        a.update()
+        .where(
+            a.c.customer_id == p.c.customer_id,
+            a.c.converted_at.is_(None),
+            a.c.status.in_(("delivered", "held_out")),
+            started <= p.c.at,
+            p.c.at <= started + window,
+        )
+        .values(converted_at=p.c.at)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    trigger_id: str
+    customer_id: str
+    channel: str
+    target: dict[str, Any]
+    payload: str
+    attempts: int
+    cause_time: datetime
+    secret: str | None
+
+
+async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> list[Claimed]:
+    """Claim due actions (and ones whose sender's claim lapsed) with SKIP LOCKED, so
+    dispatchers on several replicas never take the same action at the same time. The
+    claim moves `due_at` to the end of the lease."""
+    a = actions
+    due = (
+        sa.select(a.c.id)
+        .where(a.c.status.in_(("pending", "sending")), a.c.due_at <= sa.func.now())
+        .order_by(a.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    secret = (
+        sa.select(triggers.c.definition["action"]["secret"].astext)
+        .where(triggers.c.id == a.c.trigger_id)
+        .scalar_subquery()
+    )
+    rows = await session.execute(
+        a.update()
+        .where(a.c.id == due.c.id)
+        .values(
+            status="sending",
+            attempts=a.c.attempts + 1,
+            due_at=sa.func.now() + sa.bindparam("lease", lease, type_=sa.Interval),
+        )
+        .returning(
+            a.c.id,
+            a.c.trigger_id,
+            a.c.customer_id,
+            a.c.channel,
+            a.c.target,
+            a.c.payload,
+            a.c.attempts,
+            a.c.cause_time,
+            secret,
+        )
+    )
+    return [Claimed(*r) for r in rows]
+
+
+async def finish(session: AsyncSession, results: Sequence[dict[str, Any]]) -> None:
+    """Record delivery outcomes: keys id, status, due_at, delivered_at, last_error."""
+    if not results:
+        return
+    a = actions
+    stmt = (
+        a.update()
+        .where(a.c.id == sa.bindparam("b_id"), a.c.status == "sending")
+        .values(
+            status=sa.bindparam("b_status"),
+            due_at=sa.bindparam("b_due_at"),
+            delivered_at=sa.bindparam("b_delivered_at"),
+            last_error=sa.bindparam("b_last_error"),
+        )
+    )
+    await session.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in results])
+
+
+async def backlog(session: AsyncSession) -> tuple[int, float]:
+    a = actions
+    count, age = (
+        await session.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.extract("epoch", sa.func.now() - sa.func.min(a.c.due_at)),
+            ).where(a.c.status.in_(("pending", "sending")), a.c.due_at <= sa.func.now())
+        )
+    ).one()
+    return int(count), float(age or 0)
+
+
+ACTION_FIELDS = (
+    actions.c.id,
+    actions.c.trigger_id,
+    actions.c.trigger_version,
+    actions.c.customer_id,
+    actions.c.channel,
+    actions.c.status,
+    actions.c.suppressed_reason,
+    actions.c.deferred_reason,
+    actions.c.target,
+    actions.c.payload,
+    actions.c.cause_event,
+    actions.c.cause_time,
+    actions.c.created_at,
+    actions.c.due_at,
+    actions.c.attempts,
+    actions.c.last_error,
+    actions.c.delivered_at,
+    actions.c.converted_at,
+)
+
+
+async def list_actions(
+    session: AsyncSession,
+    *,
+    customer_id: str | None,
+    trigger_id: str | None,
+    status: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    a = actions
+    stmt = sa.select(*ACTION_FIELDS)
+    if customer_id is not None:
+        stmt = stmt.where(a.c.customer_id == customer_id)
+    if trigger_id is not None:
+        stmt = stmt.where(a.c.trigger_id == trigger_id)
+    if status is not None:
+        stmt = stmt.where(a.c.status == status)
+    rows = await session.execute(stmt.order_by(a.c.created_at.desc(), a.c.id).limit(limit))
+    return [dict(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True)
+class TriggerCounts:
+    by_status: dict[str, int]
+    suppressed: dict[str, int]
+    deferred: dict[str, int]
+    treated: tuple[int, int]  # delivered actions, converted
+    holdout: tuple[int, int]  # held-out records, converted
+
+
+async def trigger_counts(session: AsyncSession, trigger_id: str) -> TriggerCounts:
+    a = actions
+    rows = (
+        await session.execute(
+            sa.select(
+                a.c.status,
+                a.c.suppressed_reason,
+                a.c.deferred_reason,
+                sa.func.count(),
+                sa.func.count(a.c.converted_at),
+            )
+            .where(a.c.trigger_id == trigger_id)
+            .group_by(a.c.status, a.c.suppressed_reason, a.c.deferred_reason)
+        )
+    ).all()
+    by_status: dict[str, int] = {}
+    suppressed: dict[str, int] = {}
+    deferred: dict[str, int] = {}
+    treated, holdout = [0, 0], [0, 0]
+    for status, reason, deferral, n, converted in rows:
+        by_status[status] = by_status.get(status, 0) + n
+        if status == "suppressed" and reason:
+            suppressed[reason] = suppressed.get(reason, 0) + n
+        if deferral:
+            deferred[deferral] = deferred.get(deferral, 0) + n
+        if status == "delivered":
+            treated[0] += n
+            treated[1] += converted
+        elif status == "held_out":
+            holdout[0] += n
+            holdout[1] += converted
+    return TriggerCounts(
+        by_status, suppressed, deferred, (treated[0], treated[1]), (holdout[0], holdout[1])
+    )

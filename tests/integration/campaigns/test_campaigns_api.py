@@ -1,0 +1,117 @@
+"""Trigger management over HTTP: versioned changes with who and when, validation that
+names the field, SSRF and template-escape refusal, and role checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from campaignkit import webhook_trigger
+from kit import bearer, running
+
+HOOK = "https://hooks.example.com/clm"
+
+
+def _errors(response: Any) -> str:
+    assert response.status_code == 422, response.text
+    return str(response.json()["detail"])
+
+
+async def test_trigger_changes_are_versioned_with_who_and_when(
+    migrated: str, bootstrap_servers: str, admin_key: str, read_key: str
+) -> None:
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        admin, reader = bearer(admin_key), bearer(read_key)
+        created = await client.post("/v1/triggers", json=webhook_trigger(HOOK), headers=admin)
+        assert created.status_code == 201, created.text
+        t = created.json()
+        url = f"/v1/triggers/{t['id']}"
+
+        changed = webhook_trigger(HOOK, condition="facts.purchases_total >= 2")
+        updated = await client.put(url, json=changed, headers={**admin, "If-Match": '"1"'})
+        assert updated.status_code == 200, updated.text
+        assert updated.json()["version"] == 2
+        assert updated.json()["secret"] is None  # the old secret is kept, not re-shown
+        stale = await client.put(url, json=changed, headers={**admin, "If-Match": '"1"'})
+        assert stale.status_code == 412
+
+        assert (await client.post(f"{url}/disable", headers=admin)).json()["enabled"] is False
+        assert (await client.post(f"{url}/enable", headers=admin)).json()["version"] == 4
+        listed = (await client.get("/v1/triggers", headers=reader)).json()
+        assert t["id"] in [x["id"] for x in listed]
+        assert (await client.delete(url, headers=admin)).status_code == 204
+        assert (await client.get(url, headers=reader)).status_code == 404
+
+        versions = (await client.get(f"{url}/versions", headers=reader)).json()
+        assert [(v["version"], v["change"], v["enabled"]) for v in versions] == [
+            (1, "created", True),
+            (2, "updated", True),
+            (3, "disabled", False),
+            (4, "enabled", True),
+            (5, "deleted", False),
+        ]
+        assert {v["changed_by"] for v in versions} == {t["updated_by"]}
+        assert t["updated_by"].startswith("key_")
+        assert versions[1]["definition"]["condition"] == "facts.purchases_total >= 2"
+        assert all(v["definition"]["action"]["secret"] == "whsec_********" for v in versions)
+
+
+async def test_invalid_triggers_are_refused_naming_the_field(
+    migrated: str, bootstrap_servers: str, admin_key: str
+) -> None:
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        admin = bearer(admin_key)
+
+        async def post(**changes: Any) -> Any:
+            body = webhook_trigger(HOOK)
+            for key, value in changes.items():
+                if key.startswith("action_"):
+                    body["action"][key.removeprefix("action_")] = value
+                else:
+                    body[key] = value
+            return await client.post("/v1/triggers", json=body, headers=admin)
+
+        unknown_stage = _errors(await post(on={"kind": "transition", "to_stage": "zombie"}))
+        assert "to_stage" in unknown_stage and "zombie" in unknown_stage
+        unknown_from = _errors(
+            await post(on={"kind": "transition", "from_stages": ["gone"], "to_stage": "active"})
+        )
+        assert "from_stages" in unknown_from
+        assert "bogus_fact" in _errors(await post(condition="facts.bogus_fact > 1"))
+        assert "does not compile" in _errors(await post(condition="facts.purchases_total >"))
+        assert "sms" in _errors(await post(action={"channel": "sms", "payload": "x"}))
+        assert "nope" in _errors(await post(action_payload="{{ nope.x }}"))
+        assert "event_type" in _errors(await post(on={"kind": "event", "event_type": "x.y"}))
+        assert "colour" in _errors(await post(colour="red"))
+
+        escape = _errors(await post(action_payload="{{ customer.__class__.__mro__ }}"))
+        assert "Python internals" in escape
+        filtered = _errors(await post(action_payload="{{ customer|attr('__globals__') }}"))
+        assert "Python internals" in filtered
+
+        for url in (
+            "http://127.0.0.1:9/x",
+            "http://10.1.2.3/x",
+            "http://169.254.169.254/latest",
+            "http://[::1]/x",
+            "http://localhost:8080/x",
+        ):
+            refused = await post(action_url=url)
+            assert refused.status_code == 422, url
+            assert "refused" in _errors(refused)
+        listed = (await client.get("/v1/triggers", headers=admin)).json()
+        assert all(t["definition"]["action"].get("url") != "http://10.1.2.3/x" for t in listed)
+
+
+async def test_trigger_changes_need_an_admin_key_and_reads_a_read_key(
+    migrated: str, bootstrap_servers: str, read_key: str
+) -> None:
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        body = webhook_trigger(HOOK)
+        assert (await client.post("/v1/triggers", json=body)).status_code == 401
+        assert (
+            await client.post("/v1/triggers", json=body, headers=bearer(read_key))
+        ).status_code == 403
+        assert (await client.get("/v1/actions", headers=bearer(read_key))).status_code == 200
+        assert (await client.get("/v1/actions")).status_code == 401
+        bad = await client.get("/v1/actions", params={"status": "lost"}, headers=bearer(read_key))
+        assert bad.status_code == 422
