@@ -96,7 +96,13 @@ async def running(
     config = importlib.import_module(f"{package}.config")
     main = importlib.import_module(f"{package}.main")
     settings = config.Settings(
-        **{"group_id": f"g-{uuid.uuid4().hex[:8]}", **overrides},
+        **{
+            "group_id": f"g-{uuid.uuid4().hex[:8]}",
+            # Joins complete in about half the session timeout on the local broker.
+            "consumer_session_timeout_ms": 6000,
+            "consumer_heartbeat_interval_ms": 1000,
+            **overrides,
+        },
         common=ClmSettings(
             database_url=database_url,
             kafka_bootstrap_servers=bootstrap,

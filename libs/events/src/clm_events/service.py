@@ -37,6 +37,13 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     consumer_max_records: int = Field(500, ge=1)
+    consumer_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="Kafka group session timeout: how soon a dead member's "
+        "partitions move (some brokers also hold a join for about half of it).",
+    )
+    consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
     outbox_poll_interval: float = Field(0.5, gt=0)
     startup_timeout: float = Field(60.0, gt=0, description="How long to wait for DB and broker.")
     common: ClmSettings = Field(default_factory=ClmSettings)
@@ -94,6 +101,8 @@ class Runtime:
             producer=self.producer,
             deadletter_topic=self.topics.deadletter,
             max_records=self.settings.consumer_max_records,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
             on_committed=self.relay.wake if self.relay else None,
             **options,
         )
