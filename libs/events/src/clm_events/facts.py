@@ -3,6 +3,9 @@ events' `facts`), and that lifecycle rules and campaign conditions may name in C
 
 One list, so a condition naming an unknown fact is refused the same way everywhere.
 Values are JSON: times as RFC 3339 strings, money as numbers in the customer's currency.
+Purchases are `purchase.completed` and `billing.invoice_paid` events; "now" is the clock of
+the evaluation (event time, or the timer's time), so `days_since_*` and the windowed
+counts are as of that moment.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ FACTS: dict[str, tuple[str, str]] = {
     "refunds_total": ("int", "refunds ever"),
     "avg_days_between_purchases": ("double?", "mean gap between purchases, in days"),
     "days_since_last_purchase": ("double?", "days from the latest purchase to now"),
+    "days_as_customer": ("double?", "days since the first purchase or subscription start"),
     "subscription_status": ("string", "none, active or cancelled"),
+    "days_since_subscription_cancelled": (
+        "double?",
+        "days since the latest cancellation, while the status is cancelled",
+    ),
     "open_failed_payments": ("int", "failed payments not followed by a paid invoice"),
     "open_tickets": ("int", "support tickets opened and not resolved"),
     "open_ticket_max_priority": ("string", "none, low, normal, high or urgent"),

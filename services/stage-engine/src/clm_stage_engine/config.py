@@ -1,3 +1,4 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
@@ -8,3 +9,5 @@ class Settings(ServiceSettings):
 
     port: int = 8002
     group_id: str = "clm-stage-engine"
+    timer_interval: float = Field(1.0, gt=0, description="Seconds between timer sweeps.")
+    timer_batch_size: int = Field(1000, ge=1, description="Customers per timer transaction.")

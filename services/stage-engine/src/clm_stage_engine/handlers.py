@@ -1,14 +1,242 @@
-"""What the stage engine service does with each consumed event."""
+"""What the stage engine does with a batch of events, a batch of due timers and a model
+change. Every method works inside the caller's transaction and never commits: the
+consumer runner, the timer loop and the backfill command own the transactions."""
 
-from collections.abc import Sequence
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events.consumer import Delivery
+from clm_events.envelope import encode_structured, new_event
+from clm_events.topics import Topics
+from clm_stage_engine import metrics
+from clm_stage_engine import repository as repo
+from clm_stage_engine.domain import facts as facts_mod
+from clm_stage_engine.domain.inputs import Input, from_event, from_us, to_us
+from clm_stage_engine.domain.model import DEFAULT_MODEL, CompiledModel, ModelSpec, compile_model
+from clm_stage_engine.domain.timeline import Outcome, Timeline, advance, reevaluate
+
+log = logging.getLogger(__name__)
+
+SOURCE = "clm/stage-engine"
+_HEADERS = [["content-type", "application/cloudevents+json"]]
 
 
-async def handle(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
-    """Lifecycle stages are computed here once the stage-engine issue lands;
+def load_timeline(customer: str, stored: tuple[bytes, datetime | None] | None) -> Timeline:
+    if stored is None:
+        return Timeline(customer)
+    blob, until = stored
+    return Timeline.from_json(customer, json.loads(blob), to_us(until) if until else None)
 
-    Until then events are only recorded as processed.
-    """
+
+class Models:
+    """The current lifecycle model, compiled once per version. Every batch asks the
+    database for the latest version number, so all replicas switch within one batch."""
+
+    def __init__(self) -> None:
+        self._current: CompiledModel | None = None
+
+    async def current(self, session: AsyncSession) -> CompiledModel:
+        version = await repo.latest_model_version(session)
+        if version is None:
+            await repo.ensure_model(session, DEFAULT_MODEL.to_json())
+            version = 1
+        if self._current is None or self._current.version != version:
+            row = await repo.get_model(session, version)
+            assert row is not None
+            self._current = compile_model(ModelSpec.from_json(row.spec), row.version)
+        return self._current
+
+
+class StageEngine:
+    def __init__(self, topics: Topics, models: Models | None = None) -> None:
+        self.topics = topics
+        self.models = models or Models()
+
+    # -- entry points ----------------------------------------------------------------
+
+    async def handle(self, session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
+        """A consumed batch: group the inputs by customer, then one pass per customer."""
+        by_customer: dict[str, list[Input]] = {}
+        kinds: Counter[str] = Counter()
+        for d in deliveries:
+            i = from_event(d.event)
+            if i is None:  # a derived or foreign type on our topics: a producer bug
+                raise ValueError(f"event type {d.event.type!r} is not a stage-engine input")
+            by_customer.setdefault(d.event.subject, []).append(i)
+            kinds[i.kind] += 1
+        await self.apply(session, by_customer, kind="events")
+        for kind, n in kinds.items():
+            metrics.EVENTS.labels(kind).inc(n)
+
+    async def apply(
+        self,
+        session: AsyncSession,
+        by_customer: dict[str, list[Input]],
+        *,
+        clock: int | None = None,
+        kind: str = "events",
+        publish: bool = True,
+    ) -> int:
+        """Add inputs to customers' timelines and evaluate them up to their newest input
+        (or `clock`). Returns the number of transitions written."""
+        started = time.perf_counter()
+        model = await self.models.current(session)
+        stored = await repo.lock_customers(session, list(by_customer))
+        new = {cid for cid in by_customer if cid not in stored}
+        written = await self._process(
+            session,
+            model,
+            stored | dict.fromkeys(new),
+            lambda tl: advance(tl, model, by_customer[tl.customer], clock),
+            publish=publish,
+            new=new,
+        )
+        metrics.BATCH_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        return written
+
+    async def sweep_due(self, session: AsyncSession, now: datetime, limit: int) -> int:
+        """Evaluate up to `limit` customers whose timer is due, up to `now`. Returns how
+        many customers were claimed."""
+        started = time.perf_counter()
+        model = await self.models.current(session)
+        stored = await repo.claim_due(session, now, limit)
+        clock = to_us(now)
+        await self._process(session, model, dict(stored), lambda tl: advance(tl, model, [], clock))
+        metrics.BATCH_SECONDS.labels("timer").observe(time.perf_counter() - started)
+        return len(stored)
+
+    async def sweep_model_change(self, session: AsyncSession, now: datetime, limit: int) -> int:
+        """Re-evaluate up to `limit` customers evaluated under an older model version."""
+        started = time.perf_counter()
+        model = await self.models.current(session)
+        stored = await repo.claim_outdated(session, model.version, limit)
+        if not stored:
+            return 0
+        clock = to_us(now)
+        await self._process(
+            session, model, dict(stored), lambda tl: reevaluate(tl, model, clock), full=True
+        )
+        await repo.mark_model_version(session, list(stored), model.version)
+        metrics.BATCH_SECONDS.labels("model_change").observe(time.perf_counter() - started)
+        return len(stored)
+
+    # -- one batch -------------------------------------------------------------------
+
+    async def _process(
+        self,
+        session: AsyncSession,
+        model: CompiledModel,
+        stored: dict[str, tuple[bytes, datetime | None] | None],
+        step: Callable[[Timeline], Outcome],
+        *,
+        publish: bool = True,
+        new: set[str] | None = None,
+        full: bool = False,
+    ) -> int:
+        rows: list[repo.CustomerRow] = []
+        clocks: list[tuple[str, datetime | None, datetime | None]] = []
+        truncate: list[tuple[str, int]] = []
+        history: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        failures: Counter[str] = Counter()
+        for cid in sorted(stored):  # domain code: one customer at a time
+            tl = load_timeline(cid, stored[cid])
+            out = step(tl)
+            failures.update(out.rule_failures)
+            until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None
+            due = tl.due_at
+            if out.inputs_changed or out.history_changed or full or (new and cid in new):
+                rows.append(self._row(tl, model.version, until, due))
+            else:
+                clocks.append((cid, until, from_us(due) if due is not None else None))
+            if out.dropped:
+                truncate.append((cid, out.kept))
+                metrics.RETRACTED.inc(len(out.dropped))
+            retracted = {t.id(cid) for t in out.dropped}
+            for n, t in enumerate(out.added):
+                history.append(_history_row(cid, out.kept + n, t))
+                if publish and t.id(cid) not in retracted:
+                    outbox.append(self._outbox_row(cid, t))
+                    metrics.TRANSITIONS.labels(t.from_stage or "none", t.to_stage, t.cause).inc()
+        await repo.save_customers(session, rows)
+        await repo.save_clocks(session, clocks)
+        await repo.replace_transitions(session, truncate, history)
+        await repo.add_outbox(session, outbox)
+        for rule, n in failures.items():
+            metrics.RULE_ERRORS.labels(rule).inc(n)
+        return len(history)
+
+    @staticmethod
+    def _row(
+        tl: Timeline, version: int, until: datetime | None, due: int | None
+    ) -> repo.CustomerRow:
+        f = tl.last_facts
+        if f is None:
+            f = facts_mod.facts_at(tl.inputs, tl.evaluated_until or 0)
+        since = tl.since
+        return repo.CustomerRow(
+            customer_id=tl.customer,
+            stage=tl.stage,
+            stage_since=from_us(since) if since is not None else None,
+            evaluated_until=until,
+            due_at=from_us(due) if due is not None else None,
+            model_version=version,
+            clv=f["clv"],
+            churn_probability=f["churn_probability"],
+            latest_nps=f["latest_nps"],
+            timeline=json.dumps(tl.to_json(), separators=(",", ":")).encode(),
+        )
+
+    def _outbox_row(self, customer: str, t: Any) -> dict[str, Any]:
+        at = from_us(t.at)
+        data: dict[str, Any] = {
+            "from_stage": t.from_stage,
+            "to_stage": t.to_stage,
+            "at": at,
+            "cause": t.cause,
+            "facts": t.facts or {},
+            "model_version": t.model_version,
+        }
+        if t.event is not None:
+            data["cause_event"] = {"source": t.event[0], "id": t.event[1], "type": t.event[2]}
+        event = new_event(
+            "lifecycle.stage_changed",
+            id=t.id(customer),
+            source=SOURCE,
+            subject=customer,
+            time=at,
+            data=data,
+        )
+        return {
+            "topic": self.topics.transitions,
+            "key": customer.encode(),
+            "value": encode_structured(event),
+            "headers": _HEADERS,
+            "event_id": event.id,
+        }
+
+
+def _history_row(customer: str, position: int, t: Any) -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "position": position,
+        "transition_id": t.id(customer),
+        "at": from_us(t.at),
+        "from_stage": t.from_stage,
+        "to_stage": t.to_stage,
+        "cause": t.cause,
+        "event_source": t.event[0] if t.event else None,
+        "event_id": t.event[1] if t.event else None,
+        "event_type": t.event[2] if t.event else None,
+        "model_version": t.model_version,
+        "facts": t.facts or {},
+    }

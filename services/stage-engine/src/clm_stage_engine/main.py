@@ -2,16 +2,30 @@ from fastapi import FastAPI
 
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
-from clm_stage_engine import handlers, models
+from clm_stage_engine import api, models
 from clm_stage_engine.config import Settings
+from clm_stage_engine.handlers import StageEngine
+from clm_stage_engine.timers import TimerLoop
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime("stage-engine", settings, outbox=models.outbox, processed=models.processed_events)
+    engine = StageEngine(rt.topics)
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[*rt.topics.domains, rt.topics.scores],
-        handler=handlers.handle,
+        handler=engine.handle,
     )
-    return create_service_app(rt, title="CLM stage engine")
+    timer = TimerLoop(
+        engine,
+        rt.sessions,
+        batch_size=settings.timer_batch_size,
+        interval=settings.timer_interval,
+        on_committed=rt.relay.wake if rt.relay else None,
+    )
+    rt.add_background("timer", timer.run)
+    app = create_service_app(rt, title="CLM stage engine", routers=[api.router])
+    app.state.stage_engine = engine
+    app.state.timer = timer
+    return app

@@ -1,6 +1,7 @@
 """Tables of the stage-engine service, all in its own schema."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
 
@@ -8,3 +9,59 @@ SCHEMA = "stage_engine"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+
+# One row per customer. `timeline` holds the customer's inputs and compact stage history
+# (JSON, see domain.timeline.Timeline.to_json); the columns next to it are what queries
+# filter or aggregate on.
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("stage", sa.Text),
+    sa.Column("stage_since", sa.DateTime(timezone=True)),
+    sa.Column("evaluated_until", sa.DateTime(timezone=True)),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("model_version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("clv", sa.Float),
+    sa.Column("churn_probability", sa.Float),
+    sa.Column("latest_nps", sa.Integer),
+    sa.Column("timeline", sa.LargeBinary, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Index("ix_customers_due_at", "due_at", postgresql_where=sa.text("due_at IS NOT NULL")),
+    sa.Index("ix_customers_model_version", "model_version"),
+    sa.Index("ix_customers_stage", "stage"),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),  # 0-based, per customer
+    sa.Column("transition_id", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("from_stage", sa.Text),
+    sa.Column("to_stage", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("event_source", sa.Text),
+    sa.Column("event_id", sa.Text),
+    sa.Column("event_type", sa.Text),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("facts", JSONB, nullable=False),
+    sa.Column(
+        "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Index("ix_transitions_at", "at"),
+)
+
+lifecycle_models = sa.Table(
+    "lifecycle_models",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", JSONB, nullable=False),
+    sa.Column("created_by", sa.Text),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)

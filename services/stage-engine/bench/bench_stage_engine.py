@@ -1,0 +1,279 @@
+"""Stage-engine throughput: events/s of one instance next to the raw consume rate and a
+bulk-upsert rate measured in the same run, and the timer sweep over many due customers.
+
+Self-contained: starts its own PostgreSQL and broker, migrates, produces the workload,
+then measures (all in this process, one instance):
+  raw consume   aiokafka getmany over the same topics (no database)
+  bulk upsert   INSERT .. ON CONFLICT of timeline-sized rows, 500 per transaction
+  stage engine  the consumer runner with the stage-engine handler (dedupe, timelines,
+                rules, history, outbox; one transaction per 500-message batch)
+  timer sweep   customers due now, claimed 1000 per transaction (FOR UPDATE SKIP LOCKED)
+Ratios are against the raw consume rate of the same run.
+
+    python services/stage-engine/bench/bench_stage_engine.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy.dialects.postgresql import insert
+
+import clm_stage_engine
+from clm_devstack.postgres import EmbeddedPostgres
+from clm_devstack.tansu import TansuBroker
+from clm_events import db
+from clm_events.consumer import ConsumerRunner
+from clm_events.migrations import migrate, migrate_auth
+from clm_events.producer import Producer
+from clm_events.topics import Topics, ensure_topics
+from clm_stage_engine import models
+from clm_stage_engine.domain.inputs import Input, to_us
+from clm_stage_engine.domain.timeline import Timeline
+from clm_stage_engine.handlers import StageEngine
+from clm_stage_engine.timers import TimerLoop
+
+BATCH = 500
+PARTITIONS = 6
+
+
+def workload(n: int, customers: int, run: str) -> list[dict[str, Any]]:
+    """Purchases (60%) and page views (40%), in event-time order per customer."""
+    rng = random.Random(1)
+    start = datetime.now(UTC) - timedelta(days=1)
+    out = []
+    for i in range(n):
+        c = f"cust-{i % customers}"
+        t = (start + timedelta(seconds=i * 86_000 / n)).isoformat()
+        if rng.random() < 0.6:
+            data = {"order_id": f"{run}-{i}", "amount": "59.90", "currency": "EUR"}
+            kind = "purchase.completed"
+        else:
+            data, kind = {"url": f"https://shop.example/p/{i % 500}"}, "web.page_viewed"
+        out.append(
+            {
+                "specversion": "1.0",
+                "id": f"{run}-{i}",
+                "source": "shop/web",
+                "type": kind,
+                "subject": c,
+                "time": t,
+                "data": data,
+            }
+        )
+    return out
+
+
+async def produce(bootstrap: str, topics: Topics, events: list[dict[str, Any]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for start in range(0, len(events), 5000):
+            futures = [
+                await producer.send(
+                    topics.domain(e["type"]), json.dumps(e).encode(), key=e["subject"].encode()
+                )
+                for e in events[start : start + 5000]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topics: Topics, n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        *topics.domains,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        seen, began = 0, time.perf_counter()
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=BATCH)
+            seen += sum(len(v) for v in batch.values())
+        return seen / (time.perf_counter() - began)
+    finally:
+        await consumer.stop()
+
+
+async def bulk_upsert(url: str, n: int) -> float:
+    engine = db.create_engine(url)
+    md = sa.MetaData(schema="bench")
+    table = sa.Table(
+        "upsert",
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("stage", sa.Text),
+        sa.Column("blob", sa.LargeBinary),
+    )
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS bench"))
+        await conn.run_sync(md.create_all)
+    blob = b"x" * 400
+    began = time.perf_counter()
+    for start in range(0, n, BATCH):
+        stmt = insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={"stage": stmt.excluded.stage, "blob": stmt.excluded.blob},
+        )
+        async with engine.begin() as conn:
+            await conn.execute(
+                stmt,
+                [
+                    {"id": f"c-{i % (n // 5)}", "stage": "active", "blob": blob}
+                    for i in range(start, min(n, start + BATCH))
+                ],
+            )
+    rate = n / (time.perf_counter() - began)
+    await engine.dispose()
+    return rate
+
+
+async def stage_engine_rate(url: str, bootstrap: str, topics: Topics, n: int) -> tuple[float, int]:
+    engine = db.create_engine(url)
+    sessions = db.session_factory(engine)
+    producer = Producer(bootstrap)
+    await producer.start()
+    stage = StageEngine(topics)
+    runner = ConsumerRunner(
+        group_id=f"stage-{uuid.uuid4().hex[:6]}",
+        topics=topics.domains,
+        bootstrap_servers=bootstrap,
+        sessions=sessions,
+        processed_table=models.processed_events,
+        handler=stage.handle,
+        producer=producer,
+        deadletter_topic=topics.deadletter,
+        max_records=BATCH,
+    )
+    await runner.start()
+    try:
+        async with sessions() as s, s.begin():
+            await stage.models.current(s)  # compile the model outside the timing
+        seen, began = 0, time.perf_counter()
+        while seen < n:
+            seen += await runner.poll_once()
+        rate = n / (time.perf_counter() - began)
+        async with sessions() as s:
+            transitions = int(
+                await s.scalar(sa.select(sa.func.count()).select_from(models.transitions)) or 0
+            )
+        return rate, transitions
+    finally:
+        await runner.stop()
+        await producer.stop()
+        await engine.dispose()
+
+
+async def seed_due(url: str, customers: int) -> None:
+    """Customers with three purchases, evaluated up to yesterday, due now."""
+    engine = db.create_engine(url)
+    now = datetime.now(UTC)
+    until = now - timedelta(days=1)
+    chunk = 5000
+    for start in range(0, customers, chunk):
+        rows = []
+        for i in range(start, min(customers, start + chunk)):
+            cid = f"due-{i}"
+            first = until - timedelta(days=10 + i % 200)
+            tl = Timeline(
+                cid,
+                [
+                    Input(
+                        to_us(first + timedelta(days=d)),
+                        "shop",
+                        f"{cid}-{d}",
+                        "purchase.completed",
+                        {"amount": 20.0},
+                    )
+                    for d in (0, 7, 14)
+                ],
+            )
+            rows.append(
+                {
+                    "customer_id": cid,
+                    "stage": "active",
+                    "stage_since": first,
+                    "evaluated_until": until,
+                    "due_at": now - timedelta(seconds=1),
+                    "model_version": 1,
+                    "timeline": json.dumps(tl.to_json(), separators=(",", ":")).encode(),
+                }
+            )
+        async with engine.begin() as conn:
+            await conn.execute(models.customers.insert(), rows)
+    await engine.dispose()
+
+
+async def sweep(url: str, topics: Topics, customers: int) -> float:
+    engine = db.create_engine(url)
+    loop = TimerLoop(StageEngine(topics), db.session_factory(engine), batch_size=1000)
+    began = time.perf_counter()
+    swept = await loop.sweep()
+    elapsed = time.perf_counter() - began
+    await engine.dispose()
+    assert swept >= customers, (swept, customers)
+    return elapsed
+
+
+async def main(quick: bool) -> None:
+    n = 20_000 if quick else 200_000
+    due = 20_000 if quick else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        broker = TansuBroker()
+        pg.start()
+        broker.start()
+        try:
+            url, bootstrap = pg.url(), broker.bootstrap_servers
+            await asyncio.to_thread(migrate_auth, url)
+            scripts = Path(clm_stage_engine.__file__).parent / "migrations"
+            await asyncio.to_thread(migrate, scripts, url=url, schema=models.SCHEMA)
+            topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", PARTITIONS)
+            await ensure_topics(bootstrap, topics.all())
+            events = workload(n, n // 5, uuid.uuid4().hex[:6])
+            print(f"producing {n:,} events for {n // 5:,} customers ...", flush=True)
+            await produce(bootstrap, topics, events)
+            raw = await raw_consume(bootstrap, topics, n)
+            upsert = await bulk_upsert(url, n)
+            rate, transitions = await stage_engine_rate(url, bootstrap, topics, n)
+            print(f"seeding {due:,} due customers ...", flush=True)
+            await seed_due(url, due)
+            swept = await sweep(url, topics, due)
+        finally:
+            broker.stop()
+            pg.stop()
+
+    per_million = swept * 1_000_000 / due
+    print()
+    print(f"{'measure':<34}{'value':>16}{'vs raw consume':>16}")
+    print(f"{'raw consume (getmany)':<34}{raw:>12,.0f} ev/s{1.0:>15.2f}x")
+    print(f"{'bulk upsert (500/txn)':<34}{upsert:>11,.0f} rows/s{upsert / raw:>15.2f}x")
+    print(f"{'stage engine, one instance':<34}{rate:>12,.0f} ev/s{rate / raw:>15.2f}x")
+    print(f"{'  transitions written':<34}{transitions:>16,}")
+    print(f"{'timer sweep, ' + f'{due:,} customers':<34}{swept:>14.1f} s")
+    print(f"{'timer sweep, per 1M customers':<34}{per_million:>14.1f} s  (goal <= 60 s)")
+    print(f"{'stage engine vs goal 20k ev/s':<34}{rate / 20_000:>15.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="small run (20k events, 20k customers)"
+    )
+    asyncio.run(main(parser.parse_args().quick))

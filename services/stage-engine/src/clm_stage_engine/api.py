@@ -1,0 +1,275 @@
+"""HTTP API: thin routers over the repository and the pure domain."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clm_events.auth import AdminKey, ReadKey
+from clm_events.catalog import Stage
+from clm_stage_engine import repository as repo
+from clm_stage_engine.domain.facts import facts_at, to_json
+from clm_stage_engine.domain.inputs import SCORE, from_us, to_us
+from clm_stage_engine.domain.model import VARIABLES, ModelError, ModelSpec, Rule, compile_model
+from clm_stage_engine.handlers import load_timeline
+
+router = APIRouter(prefix="/v1")
+CustomerId = Annotated[str, Path(min_length=1, max_length=256)]
+CUSTOMER_STAGES = ("onboarding", "active", "loyal", "advocate", "at_risk", "won_back")
+MAX_WINDOW = timedelta(days=3660)
+
+
+def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    return request.app.state.runtime.sessions  # type: ignore[no-any-return]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+# -- customers -----------------------------------------------------------------------
+
+
+@router.get("/customers/{customer_id}", tags=["customers"])
+async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) -> dict[str, Any]:
+    """Stage, since when, the facts as of now, and the latest scores."""
+    async with _sessions(request)() as session:
+        row = await repo.get_customer(session, customer_id)
+    if row is None:
+        raise HTTPException(404, f"no customer '{customer_id}'")
+    tl = load_timeline(customer_id, (row.timeline, row.evaluated_until))
+    now = max(to_us(datetime.now(UTC)), tl.evaluated_until or 0)
+    score = next((i for i in reversed(tl.inputs) if i.kind == SCORE and i.at <= now), None)
+    return {
+        "customer_id": customer_id,
+        "stage": row.stage,
+        "since": _iso(row.stage_since),
+        "evaluated_until": _iso(row.evaluated_until),
+        "model_version": row.model_version,
+        "facts": to_json(facts_at(tl.inputs, now)),
+        "scores": {**score.data, "updated_at": _iso(from_us(score.at))} if score else None,
+    }
+
+
+@router.get("/customers/{customer_id}/transitions", tags=["customers"])
+async def get_transitions(
+    customer_id: CustomerId,
+    request: Request,
+    _: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """The customer's stage history, oldest first."""
+    async with _sessions(request)() as session:
+        if await repo.get_customer(session, customer_id) is None:
+            raise HTTPException(404, f"no customer '{customer_id}'")
+        rows = await repo.list_transitions(session, customer_id, limit, offset)
+    return {
+        "customer_id": customer_id,
+        "transitions": [
+            {
+                "id": r.transition_id,
+                "at": _iso(r.at),
+                "from_stage": r.from_stage,
+                "to_stage": r.to_stage,
+                "cause": r.cause,
+                "cause_event": (
+                    {"source": r.event_source, "id": r.event_id, "type": r.event_type}
+                    if r.event_id
+                    else None
+                ),
+                "model_version": r.model_version,
+                "facts": r.facts,
+            }
+            for r in rows
+        ],
+    }
+
+
+# -- statistics ----------------------------------------------------------------------
+
+
+@router.get("/stages", tags=["statistics"])
+async def get_stages(request: Request, _: ReadKey) -> dict[str, Any]:
+    """How many customers are in each stage now."""
+    async with _sessions(request)() as session:
+        counts = await repo.stage_counts(session)
+    stages = {s.value: counts.get(s.value, 0) for s in Stage}
+    return {"stages": stages, "total": sum(stages.values())}
+
+
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(days=30)
+    if start >= end:
+        raise HTTPException(422, "'from' must be before 'to'")
+    if end - start > MAX_WINDOW:
+        raise HTTPException(422, "the window from 'from' to 'to' may span at most 3660 days")
+    return start, end
+
+
+From = Annotated[
+    AwareDatetime | None,
+    Query(alias="from", description="Window start (RFC 3339); default 'to' minus 30 days."),
+]
+To = Annotated[AwareDatetime | None, Query(alias="to", description="Window end; default now.")]
+
+
+@router.get("/flows", tags=["statistics"])
+async def get_flows(
+    request: Request, _: ReadKey, start: From = None, end: To = None
+) -> dict[str, Any]:
+    """Transition counts between stages with `from` <= at < `to`."""
+    start, end = _window(start, end)
+    async with _sessions(request)() as session:
+        rows = await repo.flows(session, start, end)
+    return {
+        "from": _iso(start),
+        "to": _iso(end),
+        "flows": [{"from_stage": f, "to_stage": t, "count": n} for f, t, n in rows],
+    }
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+@router.get("/kpis", tags=["statistics"])
+async def get_kpis(
+    request: Request, _: ReadKey, start: From = None, end: To = None
+) -> dict[str, Any]:
+    """Lifecycle KPIs over a window (default the last 30 days): customer retention rate,
+    churn rate, prospect-to-customer conversion, average CLV per stage and NPS."""
+    start, end = _window(start, end)
+    async with _sessions(request)() as session:
+        at_start, retained = await repo.retained(session, start, end, CUSTOMER_STAGES)
+        churned = await repo.moved(session, start, end, CUSTOMER_STAGES, "lapsed")
+        prospects = await repo.entered(session, start, end, "prospect")
+        converted = await repo.moved(session, start, end, ["prospect"], "onboarding")
+        clv = await repo.clv_by_stage(session)
+        responses, promoters, detractors = await repo.nps_counts(session)
+    return {
+        "from": _iso(start),
+        "to": _iso(end),
+        "customers_at_start": at_start,
+        "retention_rate": _rate(retained, at_start),
+        "churn_rate": _rate(churned, at_start),
+        "prospects": prospects,
+        "conversion_rate": _rate(converted, prospects),
+        "average_clv_by_stage": {k: round(v, 2) for k, v in sorted(clv.items())},
+        "nps": {
+            "score": round(100 * (promoters - detractors) / responses, 2) if responses else None,
+            "responses": responses,
+            "promoters": promoters,
+            "detractors": detractors,
+        },
+    }
+
+
+# -- lifecycle model -----------------------------------------------------------------
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    to: Annotated[str, Field(min_length=1, max_length=64)]
+    when: Annotated[str, Field(min_length=1, max_length=2000, description="CEL over facts")]
+    from_: Annotated[list[str] | None, Field(alias="from", max_length=20)] = None
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stages: Annotated[list[str], Field(min_length=1, max_length=20)]
+    rules: Annotated[list[RuleIn], Field(max_length=100)]
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            tuple(self.stages),
+            tuple(
+                Rule(r.name, r.to, r.when, tuple(r.from_) if r.from_ is not None else None)
+                for r in self.rules
+            ),
+        )
+
+
+def _model_out(row: repo.ModelRow) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "created_at": _iso(row.created_at),
+        "created_by": row.created_by,
+        **row.spec,
+    }
+
+
+async def _current(request: Request, session: AsyncSession) -> repo.ModelRow:
+    await request.app.state.stage_engine.models.current(session)  # creates v1 if none
+    row = await repo.get_model(session)
+    assert row is not None
+    return row
+
+
+@router.get("/lifecycle-model", tags=["lifecycle model"])
+async def get_model(request: Request, _: ReadKey) -> dict[str, Any]:
+    """The current model: stages and ordered rules (CEL), plus the variables rules see."""
+    async with _sessions(request)() as session, session.begin():
+        row = await _current(request, session)
+    return {
+        **_model_out(row),
+        "variables": {n: {"type": t, "meaning": m} for n, (t, m) in VARIABLES.items()},
+    }
+
+
+@router.get("/lifecycle-model/versions", tags=["lifecycle model"])
+async def list_models(request: Request, _: ReadKey) -> dict[str, Any]:
+    """Every version, newest first."""
+    async with _sessions(request)() as session, session.begin():
+        await _current(request, session)
+        rows = await repo.list_models(session)
+    return {"versions": [_model_out(r) for r in rows]}
+
+
+@router.get("/lifecycle-model/versions/{version}", tags=["lifecycle model"])
+async def get_model_version(
+    version: Annotated[int, Path(ge=1)], request: Request, _: ReadKey
+) -> dict[str, Any]:
+    async with _sessions(request)() as session:
+        row = await repo.get_model(session, version)
+    if row is None:
+        raise HTTPException(404, f"no lifecycle model version {version}")
+    return _model_out(row)
+
+
+@router.put(
+    "/lifecycle-model",
+    tags=["lifecycle model"],
+    responses={422: {"description": "invalid model: each error names the field and reason"}},
+)
+async def put_model(body: ModelIn, request: Request, caller: AdminKey) -> JSONResponse:
+    """Replace the model. Every expression is compiled and checked first; a valid model
+    becomes a new version, and every customer is re-evaluated under it in the
+    background (resulting transitions have cause `model_change`)."""
+    spec = body.spec()
+    try:
+        compile_model(spec, 0)
+    except ModelError as exc:
+        return JSONResponse(
+            {
+                "detail": f"invalid lifecycle model: {exc}",
+                "errors": [{"path": p, "reason": r} for p, r in exc.errors],
+            },
+            status_code=422,
+        )
+    async with _sessions(request)() as session, session.begin():
+        await _current(request, session)
+        version = await repo.add_model(session, json.loads(json.dumps(spec.to_json())), caller.id)
+        row = await repo.get_model(session, version)
+    assert row is not None
+    return JSONResponse(_model_out(row), status_code=200)

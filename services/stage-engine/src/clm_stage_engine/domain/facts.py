@@ -1,0 +1,148 @@
+"""Customer facts (clm_events.facts.FACTS) as of a moment, folded from ordered inputs.
+
+The accumulator is fed inputs in (time, source, id) order and answers "the facts now" at
+any moment at or after the last input it saw, so a replay over a customer's timeline
+costs O(log n) per evaluation instead of a refold.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from datetime import datetime
+from typing import Any
+
+from clm_stage_engine.domain import inputs as k
+from clm_stage_engine.domain.inputs import US_PER_DAY, Input, from_us
+
+PRIORITIES = ("none", "low", "normal", "high", "urgent")
+WINDOWS_DAYS = (30, 90, 365)
+# Inputs that start the inactivity clocks: only customers with one need timer ticks.
+ANCHORS = frozenset({k.PURCHASE, k.INVOICE_PAID, k.SUBSCRIPTION_STARTED, k.SUBSCRIPTION_CANCELLED})
+
+
+class Accumulator:
+    def __init__(self) -> None:
+        self.purchase_at: list[int] = []
+        self._revenue_prefix: list[float] = [0.0]
+        self.refund_at: list[int] = []
+        self._refund_prefix: list[float] = [0.0]
+        self._subscriptions: dict[str, tuple[str, int]] = {}  # id -> (last kind, at)
+        self._first_subscription_at: int | None = None
+        self._invoices: dict[str, str] = {}  # id -> last kind
+        self._tickets: dict[str, list[Any]] = {}  # id -> [priority | None, resolved]
+        self._nps: int | None = None
+        self._web_at: int | None = None
+        self._traits: dict[str, str] = {}
+        self.score: dict[str, Any] | None = None
+        self.score_at: int | None = None
+        self.anchored = False
+
+    def add(self, i: Input) -> None:
+        kind, d = i.kind, i.data
+        if kind == k.PURCHASE or kind == k.INVOICE_PAID:
+            self.purchase_at.append(i.at)
+            self._revenue_prefix.append(self._revenue_prefix[-1] + float(d.get("amount", 0.0)))
+            if kind == k.INVOICE_PAID:
+                self._invoices[str(d["invoice"])] = kind
+        elif kind == k.REFUND:
+            self.refund_at.append(i.at)
+            self._refund_prefix.append(self._refund_prefix[-1] + float(d["amount"]))
+        elif kind == k.PAYMENT_FAILED:
+            self._invoices[str(d["invoice"])] = kind
+        elif kind == k.SUBSCRIPTION_STARTED or kind == k.SUBSCRIPTION_CANCELLED:
+            self._subscriptions[str(d["subscription"])] = (kind, i.at)
+            if kind == k.SUBSCRIPTION_STARTED and self._first_subscription_at is None:
+                self._first_subscription_at = i.at
+        elif kind == k.TICKET_OPENED:
+            self._tickets.setdefault(str(d["ticket"]), [None, False])[0] = d.get("priority")
+        elif kind == k.TICKET_RESOLVED:
+            self._tickets.setdefault(str(d["ticket"]), [None, False])[1] = True
+        elif kind == k.NPS:
+            self._nps = int(d["score"])
+        elif kind == k.SCORE:
+            self.score, self.score_at = d, i.at
+        if kind.startswith("web."):
+            self._web_at = i.at if self._web_at is None else max(self._web_at, i.at)
+            self._traits.update(d.get("traits") or {})
+        if kind in ANCHORS:
+            self.anchored = True
+
+    def purchases_after(self, moment: int) -> int:
+        return len(self.purchase_at) - bisect_right(self.purchase_at, moment)
+
+    def facts(self, now: int) -> dict[str, Any]:
+        """Facts as of `now` (>= every input added). Timestamps are datetimes here; see
+        to_json for the published form."""
+        purchases = self.purchase_at
+        n = len(purchases)
+        f: dict[str, Any] = {
+            "first_purchase_at": from_us(purchases[0]) if n else None,
+            "last_purchase_at": from_us(purchases[-1]) if n else None,
+            "purchases_total": n,
+            "revenue_total": self._revenue_prefix[-1] - self._refund_prefix[-1],
+            "refunds_total": len(self.refund_at),
+        }
+        for days in WINDOWS_DAYS:
+            cut = now - days * US_PER_DAY
+            p = bisect_right(purchases, cut)
+            r = bisect_right(self.refund_at, cut)
+            f[f"purchases_{days}d"] = n - p
+            f[f"revenue_{days}d"] = (self._revenue_prefix[-1] - self._revenue_prefix[p]) - (
+                self._refund_prefix[-1] - self._refund_prefix[r]
+            )
+        f["avg_days_between_purchases"] = (
+            (purchases[-1] - purchases[0]) / (n - 1) / US_PER_DAY if n >= 2 else None
+        )
+        f["days_since_last_purchase"] = (now - purchases[-1]) / US_PER_DAY if n else None
+        starts = [a for a in (purchases[0] if n else None, self._first_subscription_at) if a]
+        f["days_as_customer"] = (now - min(starts)) / US_PER_DAY if starts else None
+
+        states = self._subscriptions.values()
+        cancelled_at = [at for kind, at in states if kind == k.SUBSCRIPTION_CANCELLED]
+        if any(kind == k.SUBSCRIPTION_STARTED for kind, _ in states):
+            f["subscription_status"], f["days_since_subscription_cancelled"] = "active", None
+        elif cancelled_at:
+            f["subscription_status"] = "cancelled"
+            f["days_since_subscription_cancelled"] = (now - max(cancelled_at)) / US_PER_DAY
+        else:
+            f["subscription_status"], f["days_since_subscription_cancelled"] = "none", None
+
+        f["open_failed_payments"] = sum(
+            1 for kind in self._invoices.values() if kind == k.PAYMENT_FAILED
+        )
+        # A resolution that arrived before its opening still closes the ticket.
+        open_tickets = [t for t in self._tickets.values() if t[0] is not None and not t[1]]
+        f["open_tickets"] = len(open_tickets)
+        f["open_ticket_max_priority"] = max(
+            (str(t[0]) for t in open_tickets), key=PRIORITIES.index, default="none"
+        )
+        f["latest_nps"] = self._nps
+        f["last_web_activity_at"] = from_us(self._web_at) if self._web_at is not None else None
+        for name in k.TRAITS:
+            f[name] = self._traits.get(name)
+        f["clv"] = float(self.score["clv"]) if self.score else None
+        f["churn_probability"] = float(self.score["churn_probability"]) if self.score else None
+        return f
+
+
+def to_json(facts: dict[str, Any]) -> dict[str, Any]:
+    """The published form: RFC 3339 strings for times, day counts rounded for readability."""
+    out: dict[str, Any] = {}
+    for name, value in facts.items():
+        if isinstance(value, datetime):
+            out[name] = value.isoformat().replace("+00:00", "Z")
+        elif isinstance(value, float):
+            out[name] = round(value, 6)
+        else:
+            out[name] = value
+    return out
+
+
+def facts_at(inputs: list[Input], now: int) -> dict[str, Any]:
+    """Facts from the inputs with time <= now (inputs sorted)."""
+    acc = Accumulator()
+    for i in inputs:
+        if i.at > now:
+            break
+        acc.add(i)
+    return acc.facts(now)

@@ -1,0 +1,244 @@
+"""A customer's timeline: their inputs, stage history and the clock it is evaluated to.
+
+The history is a pure function of (the set of inputs, the model, the clock): evaluation
+points are every input, in (time, source, id) order, and every timer tick (UTC midnight,
+`TICK`) after the customer's first purchase or subscription event. At each point the
+rules see the facts as of that moment and may move the customer one stage.
+
+Processing order does not matter: an input older than the evaluated clock rewinds the
+history to its time and replays from there. That is also why a backfill, which sees
+every input at once, ends with exactly the history live processing built event by event
+and tick by tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from clm_stage_engine.domain.facts import ANCHORS, Accumulator, to_json
+from clm_stage_engine.domain.inputs import US_PER_DAY, Input
+from clm_stage_engine.domain.model import CompiledModel
+
+TICK = US_PER_DAY
+
+EVENT, TIME, MODEL_CHANGE = "event", "time", "model_change"
+
+
+def next_tick(moment: int) -> int:
+    """The first timer tick strictly after `moment`."""
+    return (moment // TICK + 1) * TICK
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    at: int
+    from_stage: str | None
+    to_stage: str
+    cause: str  # event, time or model_change
+    event: tuple[str, str, str] | None  # (source, id, type) of the deciding event
+    model_version: int
+    facts: dict[str, Any] | None = field(default=None, compare=False)
+
+    def id(self, customer: str) -> str:
+        """Stable and content-derived: a replay that rebuilds the same transition gives it
+        the same id, so consumers deduplicate it."""
+        key = [customer, self.at, self.from_stage, self.to_stage, self.cause, self.event]
+        return "tr-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+    def compact(self) -> list[Any]:
+        return [self.at, self.from_stage, self.to_stage, self.cause, self.event, self.model_version]
+
+    @classmethod
+    def from_compact(cls, raw: list[Any]) -> Transition:
+        event = (str(raw[4][0]), str(raw[4][1]), str(raw[4][2])) if raw[4] is not None else None
+        return cls(int(raw[0]), raw[1], raw[2], raw[3], event, int(raw[5]))
+
+
+@dataclass
+class Outcome:
+    kept: int  # history positions [0, kept) are unchanged
+    dropped: list[Transition]  # old positions >= kept, replaced by `added`
+    added: list[Transition]
+    inputs_changed: bool
+    rule_failures: list[str] = field(default_factory=list)
+
+    @property
+    def history_changed(self) -> bool:
+        return bool(self.dropped or self.added)
+
+
+@dataclass
+class Timeline:
+    customer: str
+    inputs: list[Input] = field(default_factory=list)
+    history: list[Transition] = field(default_factory=list)
+    evaluated_until: int | None = None
+    # Facts at the latest evaluation point (with datetimes), for the queryable columns.
+    last_facts: dict[str, Any] | None = field(default=None, repr=False)
+    _keys: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self._keys = {i.key for i in self.inputs}
+
+    @property
+    def stage(self) -> str | None:
+        return self.history[-1].to_stage if self.history else None
+
+    @property
+    def since(self) -> int | None:
+        return self.history[-1].at if self.history else None
+
+    @property
+    def due_at(self) -> int | None:
+        """When a timer tick next needs evaluating, or None if time alone cannot move the
+        customer (no purchase or subscription yet)."""
+        if self.evaluated_until is None or not any(i.kind in ANCHORS for i in self.inputs):
+            return None
+        return next_tick(self.evaluated_until)
+
+    def to_json(self) -> dict[str, Any]:
+        """Inputs and history; the clock is stored next to it (it changes far more often)."""
+        return {"i": [i.to_json() for i in self.inputs], "h": [t.compact() for t in self.history]}
+
+    @classmethod
+    def from_json(cls, customer: str, raw: dict[str, Any], evaluated_until: int | None) -> Timeline:
+        return cls(
+            customer,
+            [Input.from_json(i) for i in raw["i"]],
+            [Transition.from_compact(t) for t in raw["h"]],
+            evaluated_until,
+        )
+
+
+def advance(
+    tl: Timeline, model: CompiledModel, new_inputs: list[Input], clock: int | None = None
+) -> Outcome:
+    """Add inputs (duplicates ignored) and evaluate the timeline up to
+    max(clock, the newest input, the previous clock)."""
+    fresh: list[Input] = []
+    for i in new_inputs:
+        if i.key not in tl._keys:
+            tl._keys.add(i.key)
+            fresh.append(i)
+    if fresh:
+        tl.inputs.extend(fresh)
+        tl.inputs.sort(key=lambda i: i.order)
+    until = tl.evaluated_until
+    candidates = [c for c in (until, clock, *(i.at for i in fresh)) if c is not None]
+    if not candidates:
+        return Outcome(len(tl.history), [], [], bool(fresh))
+    target = max(candidates)
+    if not fresh and until is not None and target <= until:
+        return Outcome(len(tl.history), [], [], False)
+
+    earliest = min((i.at for i in fresh), default=None)
+    if until is not None and earliest is not None and earliest <= until:
+        lo, inclusive = earliest, True  # a late input: rewind to its time
+    elif until is not None:
+        lo, inclusive = until, False
+    else:
+        lo, inclusive = None, True
+    keep = len(tl.history)
+    if lo is not None:
+        while keep and (
+            tl.history[keep - 1].at >= lo if inclusive else tl.history[keep - 1].at > lo
+        ):
+            keep -= 1
+    old_tail = tl.history[keep:]
+    del tl.history[keep:]
+    failures = _replay(tl, model, lo, inclusive, target)
+    tl.evaluated_until = target
+    new_tail = tl.history[keep:]
+    # A replay usually rebuilds most of what it dropped: only the difference is news.
+    common = 0
+    while (
+        common < min(len(old_tail), len(new_tail))
+        and old_tail[common].compact() == new_tail[common].compact()
+    ):
+        common += 1
+    return Outcome(keep + common, old_tail[common:], new_tail[common:], bool(fresh), failures)
+
+
+def _replay(
+    tl: Timeline, model: CompiledModel, lo: int | None, inclusive: bool, target: int
+) -> list[str]:
+    acc = Accumulator()
+    failures: list[str] = []
+    stage, since = tl.stage, tl.since
+
+    def evaluate(at: int, cause: str, event: Input | None) -> None:
+        nonlocal stage, since
+        facts = acc.facts(at)
+        tl.last_facts = facts
+        activation = dict(facts)
+        activation["stage"] = stage or ""
+        activation["purchases_in_stage"] = (
+            acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+        )
+        to, failed = model.evaluate(activation)
+        failures.extend(failed)
+        if to is not None and to != stage:
+            cause_event = (event.source, event.id, event.kind) if event else None
+            tl.history.append(
+                Transition(at, stage, to, cause, cause_event, model.version, to_json(facts))
+            )
+            stage, since = to, at
+
+    def in_range(moment: int) -> bool:
+        return lo is None or moment > lo or (inclusive and moment == lo)
+
+    tick: int | None = None
+    if lo is not None:
+        tick = lo if inclusive and lo % TICK == 0 else next_tick(lo)
+    for i in tl.inputs:
+        if not in_range(i.at):
+            acc.add(i)
+            continue
+        if i.at > target:
+            break
+        if tick is None:
+            tick = next_tick(i.at)
+        # Ticks at or before this input come first (a tick at the same instant sees only
+        # the inputs strictly before it).
+        while tick <= i.at and tick <= target:
+            if acc.anchored:
+                evaluate(tick, TIME, None)
+                tick += TICK
+            else:  # time cannot move a customer without a purchase or subscription yet
+                tick = next_tick(i.at)
+        acc.add(i)
+        evaluate(i.at, EVENT, i)
+    while tick is not None and acc.anchored and tick <= target:
+        evaluate(tick, TIME, None)
+        tick += TICK
+    return failures
+
+
+def reevaluate(tl: Timeline, model: CompiledModel, clock: int) -> Outcome:
+    """Evaluate the customer under a new model as of `clock` (the time of the change);
+    a different stage is a `model_change` transition."""
+    at = max(clock, tl.evaluated_until or clock)
+    acc = Accumulator()
+    for i in tl.inputs:
+        if i.at > at:
+            break
+        acc.add(i)
+    facts = acc.facts(at)
+    tl.last_facts = facts
+    activation = dict(facts)
+    activation["stage"] = tl.stage or ""
+    since = tl.since
+    activation["purchases_in_stage"] = (
+        acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+    )
+    to, failed = model.evaluate(activation)
+    tl.evaluated_until = at
+    keep = len(tl.history)
+    if to is None or to == tl.stage:
+        return Outcome(keep, [], [], False, failed)
+    t = Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, to_json(facts))
+    tl.history.append(t)
+    return Outcome(keep, [], [t], False, failed)

@@ -1,0 +1,89 @@
+"""The timer loop: time moves customers with no event arriving (active -> at_risk ->
+lapsed). It claims due customers in batches with FOR UPDATE SKIP LOCKED, so replicas
+share the sweep, and re-evaluates customers after a model change the same way.
+
+It owns its transactions (like the consumer runner does for events): each claimed batch
+is one transaction holding the new state, history and outbox rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clm_events.db import is_retryable
+from clm_stage_engine import metrics
+from clm_stage_engine import repository as repo
+from clm_stage_engine.handlers import StageEngine
+
+log = logging.getLogger(__name__)
+
+
+class TimerLoop:
+    def __init__(
+        self,
+        engine: StageEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        batch_size: int = 1000,
+        interval: float = 1.0,
+        stats_interval: float = 15.0,
+        on_committed: Callable[[], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self._batch_size = batch_size
+        self._interval = interval
+        self._stats_interval = stats_interval
+        self._on_committed = on_committed
+        self._clock = clock
+        self._last_stats = 0.0
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Evaluate every customer due by `now` (default: the wall clock) and every
+        customer behind the current model; return how many were evaluated."""
+        now = now or self._clock()
+        total = 0
+        for step in (self._engine.sweep_model_change, self._engine.sweep_due):
+            while True:
+                async with self._sessions() as session, session.begin():
+                    n = await step(session, now, self._batch_size)
+                total += n
+                if n and self._on_committed is not None:
+                    self._on_committed()
+                if n < self._batch_size:
+                    break
+        return total
+
+    async def update_stats(self) -> None:
+        now = self._clock()
+        async with self._sessions() as session:
+            backlog, oldest = await repo.timer_backlog(session, now)
+            counts = await repo.stage_counts(session)
+        metrics.TIMER_BACKLOG.set(backlog)
+        metrics.TIMER_LAG.set((now - oldest).total_seconds() if oldest else 0.0)
+        for stage, n in counts.items():
+            metrics.CUSTOMERS.labels(stage).set(n)
+
+    async def run(self) -> None:
+        backoff = self._interval
+        while True:
+            try:
+                if time.monotonic() - self._last_stats > self._stats_interval:
+                    self._last_stats = time.monotonic()
+                    await self.update_stats()
+                await self.sweep()
+                backoff = self._interval
+            except Exception as exc:
+                if not is_retryable(exc):
+                    log.exception("timer sweep failed; retrying")
+                else:
+                    log.warning("timer sweep failed on a transient error; retrying")
+                backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)

@@ -1,0 +1,261 @@
+"""The pure lifecycle logic: facts, the default model's stages, time moves, order independence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clm_events.facts import FACTS
+from clm_stage_engine.domain.facts import facts_at
+from clm_stage_engine.domain.inputs import Input, from_event, to_us
+from clm_stage_engine.domain.model import (
+    DEFAULT_MODEL,
+    ModelError,
+    ModelSpec,
+    Rule,
+    compile_model,
+)
+from clm_stage_engine.domain.timeline import Timeline, advance, reevaluate
+
+T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+DAY = 86_400_000_000
+MODEL = compile_model(DEFAULT_MODEL, 1)
+
+
+def at(days: float) -> int:
+    return to_us(T0 + timedelta(days=days))
+
+
+def inp(days: float, kind: str, id: str, **data: Any) -> Input:
+    return Input(at(days), "shop", id, kind, data)
+
+
+def buy(days: float, id: str, amount: float = 20.0) -> Input:
+    return inp(days, "purchase.completed", id, amount=amount)
+
+
+def stages(tl: Timeline) -> list[tuple[str | None, str, str]]:
+    return [(t.from_stage, t.to_stage, t.cause) for t in tl.history]
+
+
+def run(inputs: list[Input], until_days: float) -> Timeline:
+    tl = Timeline("c-1")
+    advance(tl, MODEL, inputs, at(until_days))
+    return tl
+
+
+def test_a_shopper_goes_through_every_forward_stage_and_time_moves_them_back() -> None:
+    journey = [
+        inp(0, "web.signed_up", "signup", traits={"email": "ada@example.com"}),
+        buy(3, "o1"),
+        buy(20, "o2"),
+        buy(40, "o3"),
+        buy(60, "o4"),
+        inp(61, "support.nps_submitted", "nps", score=10),
+    ]
+    tl = run(journey, until_days=400)
+    assert stages(tl) == [
+        (None, "prospect", "event"),
+        ("prospect", "onboarding", "event"),
+        ("onboarding", "active", "event"),  # second purchase, inside the first 30 days
+        ("active", "loyal", "event"),  # fourth purchase in a year
+        ("loyal", "advocate", "event"),  # NPS 10
+        ("advocate", "at_risk", "time"),  # twice the usual 19-day gap passed
+        ("at_risk", "lapsed", "time"),  # 180 days without a purchase
+    ]
+    # Backward moves happen on the UTC-midnight timer grid, at the first tick past the limit.
+    lapsed = tl.history[-1]
+    assert lapsed.at == to_us(datetime(2025, 8, 30, tzinfo=UTC))  # day 60 + 180, 10:00
+    assert lapsed.facts is not None and lapsed.facts["days_since_last_purchase"] > 180
+
+
+def test_a_lapsed_customer_who_buys_is_won_back_and_active_after_the_next_purchase() -> None:
+    tl = run([buy(0, "o1"), buy(30, "o2"), buy(400, "o3")], until_days=400)
+    assert [s[1] for s in stages(tl)][-2:] == ["lapsed", "won_back"]
+    advance(tl, MODEL, [buy(420, "o4")])
+    assert tl.stage == "active"
+
+
+def test_failed_payment_puts_a_customer_at_risk_until_the_invoice_is_paid() -> None:
+    tl = run(
+        [
+            buy(0, "o1"),
+            buy(10, "o2"),
+            inp(12, "billing.payment_failed", "f1", invoice="inv-1"),
+        ],
+        until_days=12,
+    )
+    assert tl.stage == "at_risk"
+    advance(tl, MODEL, [inp(13, "billing.invoice_paid", "p1", invoice="inv-1", amount=9.0)])
+    assert tl.stage == "active"
+
+
+def test_a_cancelled_subscription_lapses_the_customer() -> None:
+    tl = run(
+        [
+            inp(0, "billing.subscription_started", "s1", subscription="sub-1"),
+            inp(5, "billing.subscription_cancelled", "s2", subscription="sub-1"),
+        ],
+        until_days=5,
+    )
+    assert [s[1] for s in stages(tl)] == ["onboarding", "lapsed"]
+
+
+def test_a_high_churn_score_moves_a_customer_to_at_risk() -> None:
+    score = {"clv": 50.0, "churn_probability": 0.8, "p_alive": 0.2, "expected_purchases": 0.1}
+    tl = run([buy(0, "o1"), buy(5, "o2"), inp(6, "lifecycle.score_updated", "sc", **score)], 6)
+    assert stages(tl)[-1] == ("active", "at_risk", "event")
+    assert tl.history[-1].event == ("shop", "sc", "lifecycle.score_updated")
+
+
+def test_facts_follow_event_time_windows_refunds_and_open_items() -> None:
+    inputs = sorted(
+        [
+            buy(0, "o1", 100.0),
+            buy(200, "o2", 50.0),
+            buy(230, "o3", 30.0),
+            inp(231, "purchase.refunded", "r1", amount=10.0),
+            inp(232, "support.ticket_resolved", "t2", ticket="T2"),  # before its opening
+            inp(233, "support.ticket_opened", "t2o", ticket="T2", priority="urgent"),
+            inp(233, "support.ticket_opened", "t1", ticket="T1", priority="high"),
+            inp(234, "web.identified", "w1", traits={"timezone": "Europe/Berlin", "name": "Ada"}),
+            inp(235, "web.identified", "w2", traits={"name": "Ada L."}),
+        ],
+        key=lambda i: i.order,
+    )
+    f = facts_at(inputs, at(240))
+    assert set(f) == set(FACTS)
+    assert (f["purchases_30d"], f["purchases_90d"], f["purchases_total"]) == (1, 2, 3)
+    assert (f["revenue_30d"], f["revenue_total"]) == (20.0, 170.0)
+    assert f["refunds_total"] == 1
+    assert f["avg_days_between_purchases"] == 115.0
+    assert f["days_since_last_purchase"] == 10.0
+    assert (f["open_tickets"], f["open_ticket_max_priority"]) == (1, "high")
+    assert (f["name"], f["timezone"], f["email"]) == ("Ada L.", "Europe/Berlin", None)
+    assert f["subscription_status"] == "none" and f["latest_nps"] is None
+
+
+def test_late_event_rewrites_the_history_from_its_time() -> None:
+    tl = run([buy(0, "o1"), buy(30, "o2")], until_days=250)
+    assert tl.stage == "lapsed"
+    # A purchase we only hear about now, made on day 100, changes what happened after it.
+    out = advance(tl, MODEL, [buy(100, "late")])
+    assert [t.to_stage for t in out.dropped] == ["lapsed"]  # at_risk on day 90 stays
+    assert tl.history == run([buy(0, "o1"), buy(30, "o2"), buy(100, "late")], 250).history
+    assert tl.stage == "at_risk"
+
+
+def test_model_change_reevaluation_is_a_model_change_transition() -> None:
+    tl = run([buy(0, "o1"), buy(5, "o2")], until_days=6)
+    assert tl.stage == "active"
+    spec = ModelSpec(DEFAULT_MODEL.stages, (Rule("all_loyal", "loyal", "purchases_total >= 2"),))
+    out = reevaluate(tl, compile_model(spec, 2), at(7))
+    assert [(t.from_stage, t.to_stage, t.cause, t.model_version) for t in out.added] == [
+        ("active", "loyal", "model_change", 2)
+    ]
+
+
+def test_due_time_is_the_next_tick_only_for_customers_time_can_move() -> None:
+    prospect = run([inp(0, "web.page_viewed", "v1")], until_days=0)
+    assert prospect.due_at is None
+    buyer = run([buy(0, "o1")], until_days=0)
+    assert buyer.due_at == to_us(datetime(2025, 1, 2, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (Rule("r", "active", "purchase_count > 1"), "unknown fact 'purchase_count'"),
+        (Rule("r", "vip", "true"), "unknown stage 'vip'"),
+        (Rule("r", "active", 'stage == "gold"'), "unknown stage 'gold'"),
+        (Rule("r", "active", "purchases_total >"), "does not compile"),
+        (Rule("r", "active", "purchases_total + 1"), "must be a boolean expression"),
+        (Rule("r", "active", "clv > 10.0"), "fails to evaluate when every optional fact is null"),
+    ],
+)
+def test_invalid_models_are_rejected_naming_the_problem(rule: Rule, message: str) -> None:
+    with pytest.raises(ModelError) as err:
+        compile_model(ModelSpec(("prospect", "active"), (rule,)), 2)
+    assert any(message in reason for _, reason in err.value.errors), err.value.errors
+    assert all(path.startswith("rules[0]") for path, _ in err.value.errors)
+
+
+def test_events_become_compact_inputs() -> None:
+    from clm_events.envelope import parse_event
+
+    event = parse_event(
+        {
+            "specversion": "1.0",
+            "id": "ord-1",
+            "source": "shop",
+            "type": "purchase.completed",
+            "subject": "c-1",
+            "time": "2026-01-01T00:00:00Z",
+            "data": {"order_id": "1", "amount": "59.90", "currency": "EUR"},
+        }
+    )
+    i = from_event(event)
+    assert i is not None and i.data == {"amount": 59.9} and i.key == ("shop", "ord-1")
+
+
+# -- order independence ----------------------------------------------------------------
+
+_KINDS = [
+    ("purchase.completed", {"amount": 25.0}),
+    ("purchase.refunded", {"amount": 5.0}),
+    ("billing.payment_failed", {"invoice": "inv-1"}),
+    ("billing.invoice_paid", {"invoice": "inv-1", "amount": 9.0}),
+    ("billing.subscription_started", {"subscription": "s"}),
+    ("billing.subscription_cancelled", {"subscription": "s"}),
+    ("support.ticket_opened", {"ticket": "t", "priority": "high"}),
+    ("support.ticket_resolved", {"ticket": "t"}),
+    ("support.nps_submitted", {"score": 9}),
+    ("web.page_viewed", {}),
+    ("web.identified", {"traits": {"email": "x@example.com"}}),
+    (
+        "lifecycle.score_updated",
+        {"clv": 1500.0, "churn_probability": 0.6, "p_alive": 0.5, "expected_purchases": 1.0},
+    ),
+]
+
+_event = st.builds(
+    lambda n, day, kind: Input(at(day), "shop", f"e{n}", _KINDS[kind][0], dict(_KINDS[kind][1])),
+    st.integers(0, 10_000),
+    st.floats(0, 400, allow_nan=False).map(lambda d: round(d, 3)),
+    st.integers(0, len(_KINDS) - 1),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(_event, min_size=1, max_size=25, unique_by=lambda i: i.id),
+    data=st.data(),
+)
+def test_arrival_order_duplicates_and_batching_change_nothing(
+    events: list[Input], data: st.DataObject
+) -> None:
+    clock = at(450)
+    reference = Timeline("c-1")
+    advance(reference, MODEL, sorted(events, key=lambda i: i.order), clock)
+
+    # The same events, shuffled, some twice, in arbitrary batches, with timer sweeps between.
+    arrivals = data.draw(st.permutations(events + data.draw(st.lists(st.sampled_from(events)))))
+    tl = Timeline("c-1")
+    pos = 0
+    while pos < len(arrivals):
+        size = data.draw(st.integers(1, 4))
+        advance(tl, MODEL, arrivals[pos : pos + size])
+        pos += size
+        if data.draw(st.booleans()):  # the timer runs up to some later moment
+            later = max(i.at for i in arrivals[:pos]) + data.draw(st.integers(0, 9)) * DAY
+            advance(tl, MODEL, [], later)
+    advance(tl, MODEL, [], clock)
+
+    assert [t.compact() for t in tl.history] == [t.compact() for t in reference.history]
+    assert [t.facts for t in tl.history] == [t.facts for t in reference.history]
+    assert tl.stage == reference.stage
+    assert facts_at(tl.inputs, clock) == facts_at(reference.inputs, clock)
