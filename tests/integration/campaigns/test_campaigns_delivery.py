@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from campaignkit import (
+    ALLOW_LOCAL,
     WebhookReceiver,
     actions,
     cid,
@@ -21,8 +22,6 @@ from campaignkit import (
 from kit import bearer, read_topic, running
 
 from clm_campaigns.dispatcher import Dispatcher
-
-ALLOW_LOCAL = {"webhook_allowed_networks": ["127.0.0.1/32"]}
 
 
 class Crash(BaseException):

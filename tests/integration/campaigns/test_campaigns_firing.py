@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from campaignkit import (
+    ALLOW_LOCAL,
     WebhookReceiver,
     actions,
     cid,
@@ -20,8 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from clm_events.envelope import decode_kafka_record
-
-ALLOW_LOCAL = {"webhook_allowed_networks": ["127.0.0.1/32"]}
 
 
 async def test_transition_fires_the_matching_trigger_once_personalised_and_signed(

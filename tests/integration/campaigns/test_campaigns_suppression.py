@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from campaignkit import (
+    ALLOW_LOCAL,
     WebhookReceiver,
     actions,
     cid,
@@ -18,8 +19,6 @@ from campaignkit import (
 )
 from kit import bearer, running
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-ALLOW_LOCAL = {"webhook_allowed_networks": ["127.0.0.1/32"]}
 
 
 async def test_caps_cooldown_global_cap_and_holdout_record_their_reason(
