@@ -1,0 +1,1 @@
+"""CLM console: the marketing ops web console."""
