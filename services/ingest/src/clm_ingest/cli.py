@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from clm_events.cli import service_cli
+from clm_ingest import deadletter
 from clm_ingest.config import Settings
 from clm_ingest.models import SCHEMA
 
@@ -11,3 +12,4 @@ app = service_cli(
     schema=SCHEMA,
     settings=Settings,
 )
+app.add_typer(deadletter.cli, name="deadletter")
