@@ -196,8 +196,11 @@ class ConsumerRunner:
             try:
                 deliveries.append(Delivery(self._decode(r.headers, r.value), r))
             except Exception as exc:  # EventValidationError, or input too deep to parse
+                # A validation error already says "invalid event: ..."; other errors get it.
                 reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
-                dead.append((r, f"invalid event: {reason}", "invalid_event"))
+                if not reason.startswith("invalid event"):
+                    reason = f"invalid event: {reason}"
+                dead.append((r, reason, "invalid_event"))
 
         applied, refused = await self._retrying(lambda: self._apply(deliveries))
         self._count(deliveries, applied, refused)

@@ -5,8 +5,9 @@ from fastapi import FastAPI
 from clm_events.envelope import decode_kafka_record
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
-from clm_ingest import api, handlers, models
+from clm_ingest import api, deadletter_api, handlers, models
 from clm_ingest.config import Settings
+from clm_ingest.deadletter_store import DeadletterStore
 from clm_ingest.domain.rate_limit import RateLimiter
 from clm_ingest.intake import Intake
 
@@ -20,7 +21,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         handler=handlers.inbound_gate(rt.topics),
         decode=handlers.inbound_decoder(settings.max_event_bytes, decode_kafka_record),
     )
-    app = create_service_app(rt, title="CLM ingest", routers=[api.router])
+    deadletters = DeadletterStore(
+        rt.sessions,
+        bootstrap_servers=settings.common.kafka_bootstrap_servers,
+        topic=rt.topics.deadletter,
+        group_id=f"{settings.group_id}-deadletter-store",
+    )
+    rt.add_background("deadletter-store", deadletters.run)
+    app = create_service_app(rt, title="CLM ingest", routers=[api.router, deadletter_api.router])
     app.state.intake = Intake(
         producer=rt.producer,
         topics=rt.topics,

@@ -1,6 +1,7 @@
 """Tables of the ingest service, all in its own schema."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
 
@@ -8,3 +9,23 @@ SCHEMA = "ingest"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+
+# Every message of the dead-letter topic (all services'), keyed by its place on that topic.
+deadletters = sa.Table(
+    "deadletters",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source_topic", sa.Text, nullable=False),
+    sa.Column("source_partition", sa.Integer),
+    sa.Column("source_offset", sa.BigInteger),
+    sa.Column("consumer_group", sa.Text),
+    sa.Column("key", sa.LargeBinary),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("headers", JSONB, nullable=False),  # [[name, base64 value], ...]
+    sa.Column("replay_of", sa.Text),  # set when this message failed again after a replay
+    sa.Column("replayed_at", sa.DateTime(timezone=True)),
+    sa.Index("deadletters_at", "at"),
+)
