@@ -1,1 +1,1 @@
-"""CLM console: the marketing ops web console."""
+"""CLM console: the web pages marketing ops use, served next to the four services."""
