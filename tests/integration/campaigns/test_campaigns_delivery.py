@@ -83,11 +83,11 @@ async def test_a_crash_after_recording_before_dispatch_delivers_exactly_once(
 ) -> None:
     customer = cid()
 
-    async def stalled(self: Dispatcher) -> int:
+    async def stalled(self: Dispatcher, limit: int) -> int:
         return 0
 
     with monkeypatch.context() as patch:
-        patch.setattr(Dispatcher, "dispatch_once", stalled)
+        patch.setattr(Dispatcher, "claim_once", stalled)
         async with running("clm_campaigns", migrated, bootstrap_servers, **ALLOW_LOCAL) as (
             client,
             rt,

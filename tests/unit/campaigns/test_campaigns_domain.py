@@ -62,6 +62,29 @@ def test_a_condition_over_a_null_fact_does_not_match_instead_of_failing() -> Non
 
 
 @pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("has(scores.clv)", False),  # a field that is absent stays absent
+        ("size(facts) == 3", True),  # uses of the whole map see the whole map
+        ('"email" in facts && facts.email == null', True),
+        ("facts[stage] == 2.0", True),
+        ('event.data.plan == "pro" && facts.revenue_total > 100.0', True),
+    ],
+)
+def test_conditions_see_what_they_name_as_with_the_whole_context(
+    source: str, expected: bool
+) -> None:
+    ctx = {
+        "facts": {"revenue_total": 150.0, "email": None, "at_risk": 2.0},
+        "stage": "at_risk",
+        "scores": {"churn_probability": 0.4},
+        "event": {"id": "e1", "data": {"plan": "pro"}},
+    }
+    assert compile_condition(source).program.execute(ctx) is expected  # the reference
+    assert compile_condition(source).matches(ctx) is expected
+
+
+@pytest.mark.parametrize(
     ("source", "named"),
     [
         ("facts.bogus > 1", "bogus"),

@@ -1,10 +1,13 @@
 """The dispatcher: claims due actions and delivers them, surviving crashes.
 
-Claim (one transaction, FOR UPDATE SKIP LOCKED) -> send (no transaction open) -> record
-outcomes (one transaction). A process that dies after the claim leaves its actions in
-`sending` until the claim's lease lapses; another pass then sends them again with the same
-action id (the webhook-id / Message-ID), which receivers use to drop the repeat. Kafka
-actions leave through the outbox in the claim's own transaction, so they are exactly once.
+Three stages run side by side so no stage waits for another's batch: a claimer (one
+transaction, FOR UPDATE SKIP LOCKED) keeps up to `dispatch_batch_size` actions in flight,
+`dispatch_concurrency` senders deliver them (no transaction open), and a recorder writes
+the outcomes of whatever finished meanwhile in one transaction. A process that dies after
+the claim leaves its actions in `sending` until the claim's lease lapses; another pass then
+sends them again with the same action id (the webhook-id / Message-ID), which receivers use
+to drop the repeat. Kafka actions leave through the outbox in the claim's own transaction,
+so they are exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from clm_campaigns import metrics, repository
 from clm_campaigns.channels import EmailSender, Outcome, WebhookSender
 from clm_campaigns.config import Settings
 from clm_campaigns.domain.policy import retry_delay
-from clm_campaigns.handlers import action_fired
+from clm_campaigns.handlers import Fired, actions_fired
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Claimed
 from clm_events.outbox import add_message
@@ -46,52 +49,72 @@ class Dispatcher:
         self._on_outbox = on_outbox
         self.webhooks = WebhookSender(settings)
         self.email = EmailSender(settings)
-        self._gate = asyncio.Semaphore(settings.dispatch_concurrency)
         self._wake = asyncio.Event()
+        self._to_send: asyncio.Queue[tuple[Claimed, float]] = asyncio.Queue()
+        self._done: list[tuple[Claimed, Outcome]] = []
+        self._has_done = asyncio.Event()
+        self._in_flight = 0  # claimed, not yet recorded
         self._last_gauges = 0.0
 
     def wake(self) -> None:
+        """Claim now instead of at the next poll (called after a commit wrote actions)."""
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = self._s.dispatch_poll_interval
         try:
-            while True:
+            async with asyncio.TaskGroup() as stages:
+                stages.create_task(self._claimer())
+                stages.create_task(self._recorder())
+                for _ in range(self._s.dispatch_concurrency):
+                    stages.create_task(self._sender())
+        finally:
+            await self.webhooks.close()
+
+    # -- claim -------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        backoff = self._s.dispatch_poll_interval
+        while True:
+            window = self._s.dispatch_batch_size
+            full = False
+            # Refill once half the window is free: fewer, larger claims under load.
+            if self._in_flight <= window // 2:
                 try:
-                    sent = await self.dispatch_once()
+                    free = window - self._in_flight
+                    full = await self.claim_once(free) == free
                     if time.monotonic() - self._last_gauges > 2:
                         await self._update_gauges()
                     backoff = self._s.dispatch_poll_interval
                 except Exception:
                     log.warning("dispatch pass failed; retrying", exc_info=True)
-                    sent = 0
                     backoff = min(backoff * 2, 10.0)
-                if sent >= self._s.dispatch_batch_size:
-                    continue
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
-        finally:
-            await self.webhooks.close()
+            if full:
+                continue  # more may be due: claim again as soon as the window allows
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
 
-    async def dispatch_once(self) -> int:
-        """One pass: claim up to a batch of due actions, deliver, record; return the count."""
+    async def claim_once(self, limit: int) -> int:
+        """Claim up to `limit` due actions and queue them for the senders; return the count."""
+        # A send should end (timeout included) before the lease lapses, or another pass
+        # could claim and send the action while this one still holds it. Sends that could
+        # not start in time are left for the next claim (a short lease: its first half).
+        lease_s, timeout_s = self._s.dispatch_lease_seconds, self._s.webhook_timeout_seconds
+        deadline = time.monotonic() + max(lease_s - timeout_s, lease_s / 2)
         lease = timedelta(seconds=self._s.dispatch_lease_seconds)
         async with self._sessions() as session, session.begin():
-            claimed = await repository.claim_due(
-                session, limit=self._s.dispatch_batch_size, lease=lease
-            )
+            claimed = await repository.claim_due(session, limit=limit, lease=lease)
             kafka = [c for c in claimed if c.channel == "kafka"]
             if kafka:
                 await self._publish(session, kafka)
         if kafka and self._on_outbox is not None:
             self._on_outbox()
-        others = [c for c in claimed if c.channel != "kafka"]
-        if others:
-            outcomes = await asyncio.gather(*(self._deliver(c) for c in others))
-            await self.record(list(zip(others, outcomes, strict=True)))
+        for c in claimed:
+            if c.channel != "kafka":
+                self._in_flight += 1
+                self._to_send.put_nowait((c, deadline))
         return len(claimed)
 
     async def _publish(self, session: AsyncSession, claimed: list[Claimed]) -> None:
@@ -111,32 +134,63 @@ class Dispatcher:
                     ],
                 ),
             )
-            await action_fired(session, self._actions_topic, **_announce(c, "delivered"))
+        await actions_fired(session, self._actions_topic, [_fired(c, "delivered") for c in claimed])
         await repository.finish(
-            session,
-            [
-                {
-                    "id": c.id,
-                    "status": "delivered",
-                    "due_at": now,
-                    "delivered_at": now,
-                    "last_error": None,
-                }
-                for c in claimed
-            ],
+            session, [_row(c, "delivered", now, delivered_at=now) for c in claimed]
         )
         for c in claimed:
             self._count(c, "delivered", now)
 
+    # -- send --------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        while True:
+            c, deadline = await self._to_send.get()
+            if time.monotonic() > deadline:
+                # Waited too long behind slow receivers: leave it to be claimed again once
+                # its lease lapses rather than risk two senders at once.
+                self._in_flight -= 1
+                continue
+            try:
+                outcome = await self._deliver(c)
+            except Exception as exc:  # a bug in a sender must not stop every delivery
+                log.exception("delivery raised", extra={"action_id": c.id})
+                outcome = Outcome(False, f"{type(exc).__name__}: {exc}"[:500])
+            self._done.append((c, outcome))
+            self._has_done.set()
+
     async def _deliver(self, c: Claimed) -> Outcome:
-        async with self._gate:
-            if c.channel == "webhook":
-                return await self.webhooks.send(
-                    action_id=c.id, target=c.target, payload=c.payload, secret=c.secret
-                )
-            if c.channel == "email":
-                return await self.email.send(action_id=c.id, target=c.target, payload=c.payload)
-            return Outcome(False, f"unknown channel {c.channel}", retryable=False)
+        if c.channel == "webhook":
+            return await self.webhooks.send(
+                action_id=c.id, target=c.target, payload=c.payload, secret=c.secret
+            )
+        if c.channel == "email":
+            return await self.email.send(action_id=c.id, target=c.target, payload=c.payload)
+        return Outcome(False, f"unknown channel {c.channel}", retryable=False)
+
+    # -- record ------------------------------------------------------------------------
+
+    async def _recorder(self) -> None:
+        """Record whatever finished since the last pass, in one transaction."""
+        backoff = self._s.dispatch_poll_interval
+        while True:
+            await self._has_done.wait()
+            self._has_done.clear()
+            results, self._done = self._done, []
+            try:
+                await self.record(results)
+            except Exception:
+                # Kept and retried: until recorded the actions stay claimed (`sending`).
+                log.warning("recording delivery outcomes failed; retrying", exc_info=True)
+                self._done[:0] = results
+                self._has_done.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = self._s.dispatch_poll_interval
+            self._in_flight -= len(results)
+            if self._in_flight <= self._s.dispatch_batch_size // 2:
+                self._wake.set()
 
     async def record(self, results: list[tuple[Claimed, Outcome]]) -> None:
         """Record outcomes: delivered, scheduled again with backoff, or failed for good."""
@@ -161,8 +215,9 @@ class Dispatcher:
                 final.append((c, "failed"))
         async with self._sessions() as session, session.begin():
             await repository.finish(session, rows)
-            for c, status in final:
-                await action_fired(session, self._actions_topic, **_announce(c, status))
+            await actions_fired(
+                session, self._actions_topic, [_fired(c, status) for c, status in final]
+            )
         if final and self._on_outbox is not None:
             self._on_outbox()
         for c, status in final:
@@ -206,11 +261,5 @@ def _row(
     }
 
 
-def _announce(c: Claimed, status: str) -> dict[str, str]:
-    return {
-        "action_id": c.id,
-        "customer_id": c.customer_id,
-        "trigger_id": c.trigger_id,
-        "channel": c.channel,
-        "status": status,
-    }
+def _fired(c: Claimed, status: str) -> Fired:
+    return Fired(c.id, c.customer_id, c.trigger_id, c.channel, status)

@@ -24,7 +24,7 @@ from clm_campaigns.domain.triggers import CompiledTrigger, TriggerDefinition, co
 from clm_campaigns.models import outbox
 from clm_events.consumer import Delivery
 from clm_events.envelope import new_event
-from clm_events.outbox import add_event
+from clm_events.outbox import add_events
 
 SOURCE = "clm/campaigns"
 
@@ -54,31 +54,40 @@ def new_action_id() -> str:
     return f"act_{uuid.uuid4().hex}"
 
 
-async def action_fired(
-    session: AsyncSession,
-    topic: str,
-    *,
-    action_id: str,
-    customer_id: str,
-    trigger_id: str,
-    channel: str,
-    status: str,
-) -> None:
-    """Announce an action's final status on the actions topic, through the outbox (one
-    event per action: its id is the action id, so consumers can dedupe)."""
-    event = new_event(
-        "campaign.action_fired",
-        id=action_id,
-        source=SOURCE,
-        subject=customer_id,
-        data={
-            "trigger_id": trigger_id,
-            "action_id": action_id,
-            "channel": channel,
-            "status": status,
-        },
+@dataclass(frozen=True)
+class Fired:
+    """An action's final status, to announce."""
+
+    action_id: str
+    customer_id: str
+    trigger_id: str
+    channel: str
+    status: str
+
+
+async def actions_fired(session: AsyncSession, topic: str, fired: Sequence[Fired]) -> None:
+    """Announce actions' final statuses on the actions topic, through the outbox in one
+    statement (one event per action: its id is the action id, so consumers can dedupe)."""
+    await add_events(
+        session,
+        outbox,
+        topic,
+        [
+            new_event(
+                "campaign.action_fired",
+                id=f.action_id,
+                source=SOURCE,
+                subject=f.customer_id,
+                data={
+                    "trigger_id": f.trigger_id,
+                    "action_id": f.action_id,
+                    "channel": f.channel,
+                    "status": f.status,
+                },
+            )
+            for f in fired
+        ],
     )
-    await add_event(session, outbox, topic, event)
 
 
 @dataclass
@@ -124,17 +133,15 @@ class Campaigns:
                     rows.append(row)
         await repository.save_customers(session, states.values())
         await repository.insert_actions(session, rows)
-        for row in rows:
-            if row["status"] != "pending":
-                await action_fired(
-                    session,
-                    self.actions_topic,
-                    action_id=row["id"],
-                    customer_id=row["customer_id"],
-                    trigger_id=row["trigger_id"],
-                    channel=row["channel"],
-                    status=row["status"],
-                )
+        await actions_fired(
+            session,
+            self.actions_topic,
+            [
+                Fired(r["id"], r["customer_id"], r["trigger_id"], r["channel"], r["status"])
+                for r in rows
+                if r["status"] != "pending"
+            ],
+        )
         await repository.record_conversions(session, purchases)
         self._after_commit(session, rows)
 

@@ -73,7 +73,9 @@ def decide(
             return Decision("suppressed", now, suppressed_reason="frequency_cap")
     if sum(1 for c in contacts if now - c.at < global_cap.period) >= global_cap.max:
         return Decision("suppressed", now, suppressed_reason="global_cap")
-    if holdout_bucket(trigger_id, customer_id) < definition.holdout_percent:
+    if definition.holdout_percent and (
+        holdout_bucket(trigger_id, customer_id) < definition.holdout_percent
+    ):
         return Decision("held_out", now, suppressed_reason="holdout")
 
     due, deferred = now, None
