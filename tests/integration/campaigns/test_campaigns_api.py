@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from campaignkit import webhook_trigger
 from kit import bearer, running
 
@@ -115,3 +116,54 @@ async def test_trigger_changes_need_an_admin_key_and_reads_a_read_key(
         assert (await client.get("/v1/actions")).status_code == 401
         bad = await client.get("/v1/actions", params={"status": "lost"}, headers=bearer(read_key))
         assert bad.status_code == 422
+
+
+async def test_a_draft_is_validated_and_previewed_without_being_stored(
+    migrated: str, bootstrap_servers: str, admin_key: str, read_key: str, engine: Any
+) -> None:
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        admin = bearer(admin_key)
+        before = len((await client.get("/v1/triggers", headers=admin)).json())
+
+        good = await client.post("/v1/triggers/validate", json=webhook_trigger(HOOK), headers=admin)
+        assert good.json() == {"valid": True, "errors": []}
+        bad = webhook_trigger(HOOK, condition="facts.visits > 1")
+        bad["action"]["url"] = "http://10.0.0.1/x"
+        answer = (await client.post("/v1/triggers/validate", json=bad, headers=admin)).json()
+        assert answer["valid"] is False
+        assert [e["path"] for e in answer["errors"]] == ["condition"]
+        assert "visits" in answer["errors"][0]["reason"]
+        bad["condition"] = "true"
+        answer = (await client.post("/v1/triggers/validate", json=bad, headers=admin)).json()
+        assert [e["path"] for e in answer["errors"]] == ["action.url"]
+        denied = await client.post("/v1/triggers/validate", json=bad, headers=bearer(read_key))
+        assert denied.status_code == 403
+
+        customer = "draft-preview-customer"
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO campaigns.customers (customer_id, stage, traits) "
+                    "VALUES (:c, 'active', '{\"name\": \"Ada\"}') ON CONFLICT DO NOTHING"
+                ),
+                {"c": customer},
+            )
+        draft = webhook_trigger(HOOK)
+        draft["action"]["payload"] = '{"hello": {{ customer.traits.name | tojson }}}'
+        shown = await client.post(
+            "/v1/triggers/preview",
+            json={"definition": draft, "customer_id": customer},
+            headers=admin,
+        )
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["trigger_id"] is None
+        assert shown.json()["payload_json"] == {"hello": "Ada"}
+        broken = {**draft, "action": {**draft["action"], "payload": "{{ nope.x }}"}}
+        refused = await client.post(
+            "/v1/triggers/preview",
+            json={"definition": broken, "customer_id": customer},
+            headers=admin,
+        )
+        assert refused.status_code == 422
+        after = len((await client.get("/v1/triggers", headers=admin)).json())
+        assert after == before  # nothing was stored

@@ -62,6 +62,19 @@ async def test_conversions_of_treated_and_holdout_customers_give_the_uplift(
             return stats if done and stats["conversions"]["holdout"]["converted"] == 1 else None
 
         stats = await eventually(converted, what="three conversions")
+        series = await client.get(
+            f"/v1/triggers/{trigger['id']}/stats/series",
+            params={"bucket": "hour"},
+            headers=bearer(read_key),
+        )
+        assert series.status_code == 200, series.text
+        points = series.json()["points"]
+        too_long = await client.get(
+            f"/v1/triggers/{trigger['id']}/stats/series",
+            params={"bucket": "hour", "from": "2020-01-01T00:00:00Z"},
+            headers=bearer(read_key),
+        )
+        assert too_long.status_code == 422 and "buckets" in too_long.text
     assert stats["matched"] == 4
     assert stats["fired"] == 2
     assert stats["delivered"] == 2
@@ -73,3 +86,16 @@ async def test_conversions_of_treated_and_holdout_customers_give_the_uplift(
     }
     assert stats["uplift"] == {"absolute": 0.5, "relative": 1.0}
     assert len(receiver.received) == 2
+    # Over time (30 days by the hour, every hour present) it adds up to the same totals.
+    assert len(points) >= 30 * 24
+    totals = {k: sum(p[k] for p in points) for k in points[0] if k != "at"}
+    assert totals == {
+        "matched": 4,
+        "fired": 2,
+        "delivered": 2,
+        "failed": 0,
+        "suppressed": 0,
+        "held_out": 2,
+        "converted_treated": 2,
+        "converted_holdout": 1,
+    }

@@ -7,10 +7,11 @@ import base64
 import copy
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
+from pydantic import AwareDatetime, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_campaigns import repository
@@ -35,6 +36,7 @@ from clm_campaigns.domain.triggers import (
 from clm_campaigns.schemas import (
     ActionOut,
     ActionStatus,
+    DraftPreviewIn,
     PreviewIn,
     PreviewOut,
     TriggerIn,
@@ -146,6 +148,55 @@ async def create_trigger(
     return _out(row, secret)
 
 
+# Discriminator values pydantic puts in error locations; a form shows the field alone.
+_TAGS = {"transition", "event", "score", "webhook", "email", "kafka"}
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body" and p not in _TAGS]
+        out.append({"path": ".".join(loc), "reason": str(e.get("msg", ""))})
+    return out
+
+
+async def _draft(request: Request, body: dict[str, Any]) -> TriggerDefinition:
+    """A trigger definition checked as create/replace check it; HTTPException 422 if not."""
+    try:
+        definition = TriggerIn.model_validate(body).definition()
+    except ValidationError as exc:
+        raise HTTPException(
+            422, exc.errors(include_url=False, include_input=False, include_context=False)
+        ) from exc
+    await _check_webhook(request, definition)
+    return definition
+
+
+@router.post("/triggers/validate")
+async def validate_trigger(
+    request: Request, caller: AdminKey, body: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    """Check a draft trigger as create would (conditions, templates, stages, channels,
+    webhook target) and store nothing: `{"valid", "errors": [{"path", "reason"}]}`."""
+    try:
+        await _draft(request, body)
+    except HTTPException as exc:
+        detail = exc.detail if isinstance(exc.detail, list) else [{"msg": str(exc.detail)}]
+        return {"valid": False, "errors": _problems(detail)}
+    return {"valid": True, "errors": []}
+
+
+@router.post("/triggers/preview", response_model=PreviewOut)
+async def preview_draft(
+    body: DraftPreviewIn, request: Request, session: Session, caller: AdminKey
+) -> PreviewOut:
+    """Render a draft trigger's action for a customer before it is saved; sends and
+    records nothing."""
+    definition = await _draft(request, body.definition)
+    trigger = compile_trigger("draft", 0, definition)
+    return await _render_preview(session, trigger, body, trigger_id=None)
+
+
 @router.get("/triggers", response_model=list[TriggerOut])
 async def list_triggers(
     session: Session, caller: ReadKey, enabled: bool | None = None
@@ -232,6 +283,12 @@ async def preview(
     recording anything."""
     row = await _current(session, trigger_id)
     trigger = compile_trigger(row.id, row.version, TriggerDefinition.model_validate(row.definition))
+    return await _render_preview(session, trigger, body, trigger_id=row.id)
+
+
+async def _render_preview(
+    session: AsyncSession, trigger: Any, body: PreviewIn, *, trigger_id: str | None
+) -> PreviewOut:
     state = await repository.get_customer(session, body.customer_id)
     if state is None:
         raise HTTPException(404, f"customer {body.customer_id!r} is not known to campaigns yet")
@@ -241,7 +298,7 @@ async def preview(
     except TemplateProblem as exc:
         raise HTTPException(422, str(exc)) from exc
     return PreviewOut(
-        trigger_id=row.id,
+        trigger_id=trigger_id,
         customer_id=state.customer_id,
         channel=trigger.channel,
         condition_matches=trigger.condition.matches(condition_context(state, occasion)),
@@ -288,6 +345,46 @@ async def trigger_stats(trigger_id: str, session: Session, caller: ReadKey) -> d
         "trigger_id": trigger_id,
         **summarize(c.by_status, c.suppressed, c.deferred, Group(*c.treated), Group(*c.holdout)),
     }
+
+
+@router.get("/triggers/{trigger_id}/stats/series")
+async def trigger_stats_series(
+    trigger_id: str,
+    session: Session,
+    caller: ReadKey,
+    start: Annotated[
+        AwareDatetime | None, Query(alias="from", description="Default: 'to' minus 30 days.")
+    ] = None,
+    end: Annotated[AwareDatetime | None, Query(alias="to", description="Default: now.")] = None,
+    bucket: Annotated[Literal["hour", "day"], Query()] = "day",
+) -> dict[str, Any]:
+    """The stats over time: per hour or day, actions matched, fired, delivered, failed,
+    suppressed and held out (by when they were created) and conversions (by when they
+    converted), every bucket present."""
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(days=30)
+    if start >= end:
+        raise _unprocessable_query("from", "must be before 'to'")
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    if (end - start) / step > MAX_BUCKETS:
+        raise _unprocessable_query("from", f"the window spans more than {MAX_BUCKETS} buckets")
+    if not await repository.trigger_exists(session, trigger_id):
+        raise HTTPException(404, f"trigger {trigger_id!r} not found")
+    points = await repository.trigger_series(session, trigger_id, start, end, bucket)
+    return {
+        "trigger_id": trigger_id,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "bucket": bucket,
+        "points": points,
+    }
+
+
+MAX_BUCKETS = 1000
+
+
+def _unprocessable_query(name: str, msg: str) -> HTTPException:
+    return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
 @router.get("/actions", response_model=list[ActionOut])

@@ -447,3 +447,58 @@ async def trigger_counts(session: AsyncSession, trigger_id: str) -> TriggerCount
     return TriggerCounts(
         by_status, suppressed, deferred, (treated[0], treated[1]), (holdout[0], holdout[1])
     )
+
+
+SERIES_COLUMNS = (
+    "matched", "fired", "delivered", "failed", "suppressed", "held_out",
+    "converted_treated", "converted_holdout",
+)  # fmt: skip
+
+# Actions count in the bucket they were created in, conversions in the one they converted
+# in; every bucket of the window is present, with zeros.
+_SERIES = sa.text("""
+WITH b AS (
+    SELECT generate_series(date_trunc(:bucket, CAST(:start AS timestamptz)),
+                           CAST(:end AS timestamptz), CAST(:step AS interval)) AS at
+), made AS (
+    SELECT date_trunc(:bucket, created_at) AS at,
+           count(*) AS matched,
+           count(*) FILTER (WHERE status IN ('delivered', 'failed', 'pending', 'sending'))
+               AS fired,
+           count(*) FILTER (WHERE status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'suppressed') AS suppressed,
+           count(*) FILTER (WHERE status = 'held_out') AS held_out
+    FROM campaigns.actions
+    WHERE trigger_id = :trigger AND created_at >= date_trunc(:bucket, CAST(:start AS timestamptz))
+      AND created_at <= :end
+    GROUP BY 1
+), conv AS (
+    SELECT date_trunc(:bucket, converted_at) AS at,
+           count(*) FILTER (WHERE status = 'delivered') AS converted_treated,
+           count(*) FILTER (WHERE status = 'held_out') AS converted_holdout
+    FROM campaigns.actions
+    WHERE trigger_id = :trigger
+      AND converted_at >= date_trunc(:bucket, CAST(:start AS timestamptz))
+      AND converted_at <= :end
+    GROUP BY 1
+)
+SELECT b.at,
+       coalesce(made.matched, 0) AS matched, coalesce(made.fired, 0) AS fired,
+       coalesce(made.delivered, 0) AS delivered, coalesce(made.failed, 0) AS failed,
+       coalesce(made.suppressed, 0) AS suppressed, coalesce(made.held_out, 0) AS held_out,
+       coalesce(conv.converted_treated, 0) AS converted_treated,
+       coalesce(conv.converted_holdout, 0) AS converted_holdout
+FROM b LEFT JOIN made USING (at) LEFT JOIN conv USING (at)
+ORDER BY b.at
+""")
+
+
+async def trigger_series(
+    session: AsyncSession, trigger_id: str, start: datetime, end: datetime, bucket: str
+) -> list[dict[str, Any]]:
+    """Counts per `bucket` ("hour" or "day") from `start` to `end`."""
+    params = {"trigger": trigger_id, "start": start, "end": end, "bucket": bucket}
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    rows = (await session.execute(_SERIES, {**params, "step": step})).all()
+    return [{"at": r.at.isoformat(), **{c: getattr(r, c) for c in SERIES_COLUMNS}} for r in rows]

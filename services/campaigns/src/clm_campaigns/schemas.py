@@ -55,8 +55,12 @@ class PreviewIn(BaseModel):
     )
 
 
+class DraftPreviewIn(PreviewIn):
+    definition: dict[str, Any] = Field(description="A trigger as POST /v1/triggers takes it.")
+
+
 class PreviewOut(BaseModel):
-    trigger_id: str
+    trigger_id: str | None = Field(description="None when a draft was previewed.")
     customer_id: str
     channel: str
     condition_matches: bool
