@@ -167,3 +167,16 @@ async def test_a_draft_is_validated_and_previewed_without_being_stored(
         assert refused.status_code == 422
         after = len((await client.get("/v1/triggers", headers=admin)).json())
         assert after == before  # nothing was stored
+
+
+async def test_a_nul_character_is_refused_with_422_not_a_server_error(
+    migrated: str, bootstrap_servers: str, admin_key: str
+) -> None:
+    # PostgreSQL cannot hold U+0000: in a query or a trigger it used to fail with a 500.
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        admin = bearer(admin_key)
+        in_query = await client.get("/v1/actions?customer_id=a%00b", headers=admin)
+        assert in_query.status_code == 422 and "NUL" in in_query.text
+        body = webhook_trigger(HOOK, description="a\u0000b")
+        in_body = await client.post("/v1/triggers", json=body, headers=admin)
+        assert in_body.status_code == 422 and "description" in in_body.text

@@ -285,3 +285,16 @@ def test_stats_add_up_and_give_the_uplift() -> None:
     assert s["matched"] == 18 and s["fired"] == 10
     assert s["uplift"]["absolute"] == pytest.approx(0.3)
     assert s["uplift"]["relative"] == pytest.approx(1.5)
+
+
+def test_a_nul_character_anywhere_in_a_trigger_is_refused_naming_the_field() -> None:
+    # PostgreSQL cannot store U+0000; without this check the trigger failed with a 500.
+    body = {
+        "name": "n",
+        "on": {"kind": "transition", "to_stage": "at_risk"},
+        "action": {"channel": "email", "subject": "hi", "body": "a\u0000b"},
+    }
+    with pytest.raises(ValidationError) as caught:
+        TriggerDefinition.model_validate(body)
+    assert caught.value.errors()[0]["loc"][-1] == "body"
+    assert "NUL" in str(caught.value)

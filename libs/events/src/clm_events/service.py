@@ -172,6 +172,25 @@ class Runtime:
         return checks
 
 
+class RefuseNul:
+    """422 for a NUL character in the path or query: PostgreSQL text cannot hold U+0000,
+    so a query with one failed with a 500 deep in the driver instead of a clear answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope["path"].encode()
+            if b"%00" in raw or b"\x00" in raw or b"%00" in scope.get("query_string", b""):
+                detail = [
+                    {"loc": ["query"], "msg": "NUL characters are not allowed", "type": "nul"}
+                ]
+                await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(runtime: Runtime, *, title: str, routers: Sequence[APIRouter] = ()) -> FastAPI:
     common = runtime.settings.common
     configure_logging(service=runtime.name, level=common.log_level, json=common.log_json)
@@ -188,6 +207,7 @@ def create_app(runtime: Runtime, *, title: str, routers: Sequence[APIRouter] = (
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.keys = runtime.keys
+    app.add_middleware(RefuseNul)
     app.add_middleware(HttpMetrics, service=runtime.name)
 
     @app.get("/healthz", tags=["ops"])
