@@ -108,10 +108,15 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     end = end or datetime.now(UTC)
     start = start or end - timedelta(days=30)
     if start >= end:
-        raise HTTPException(422, "'from' must be before 'to'")
+        raise _bad_query("from", "'from' must be before 'to'")
     if end - start > MAX_WINDOW:
-        raise HTTPException(422, "the window from 'from' to 'to' may span at most 3660 days")
+        raise _bad_query("from", "the window from 'from' to 'to' may span at most 3660 days")
     return start, end
+
+
+def _bad_query(name: str, msg: str) -> HTTPException:
+    # The shape FastAPI documents for 422, so clients parse one kind of error.
+    return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
 From = Annotated[
@@ -238,7 +243,7 @@ async def list_models(request: Request, _: ReadKey) -> dict[str, Any]:
 
 @router.get("/lifecycle-model/versions/{version}", tags=["lifecycle model"])
 async def get_model_version(
-    version: Annotated[int, Path(ge=1)], request: Request, _: ReadKey
+    version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, _: ReadKey
 ) -> dict[str, Any]:
     async with _sessions(request)() as session:
         row = await repo.get_model(session, version)
