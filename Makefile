@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test test-unit lint format clean test-browser deploy-check bench chaos fuzz \
+.PHONY: install run test test-unit lint format clean demo test-browser deploy-check bench chaos fuzz \
 	bench-ingest bench-stage-engine bench-scoring bench-campaigns
 
 install: $(VENV)/.synced
@@ -24,6 +24,10 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml services/*/p
 
 run: install ## the whole stack on this machine; Ctrl-C stops it
 	$(BIN)/clm-dev run
+
+# A year of synthetic customers in ten minutes, into the stack `make run` started.
+demo: install
+	$(BIN)/python system/demo.py
 
 test: install ## unit + integration + local-stack tests against a real broker and database
 	$(BIN)/pytest

@@ -141,6 +141,31 @@ class EmbeddedPostgres(ChildServer):
         self._proc = None
         logger.info("postgres on port %d stopped in %.2fs", self.port, time.monotonic() - began)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP to the postmaster and its backends): connections stay
+        open and nothing answers, like a stalled host. ``resume()`` undoes it."""
+        for pid in self._family():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._family():
+            os.kill(pid, signal.SIGCONT)
+
+    def _family(self) -> list[int]:
+        """The postmaster first, then its children (backends, checkpointer, ...)."""
+        if self._proc is None or self._proc.poll() is not None:
+            return []
+        root = self._proc.pid  # setpriv exec()s into postgres: same pid
+        family = [root]
+        for status in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(status.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            if ppid == root:
+                family.append(int(status.parent.name))
+        return family
+
     # -- internals ----------------------------------------------------------------------
 
     def _prepare_for_os_user(self) -> None:

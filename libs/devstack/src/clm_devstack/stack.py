@@ -4,13 +4,17 @@ four services, started and stopped in order. Used by `make run` and by system te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,10 @@ from clm_events.settings import ClmSettings
 from clm_events.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
+
+# Alembic's `op` and `context` are process-wide: two stacks preparing at once (in two
+# threads) must take turns.
+_MIGRATING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,9 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     broker: TansuBroker | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Settings for the services on top of the caller's environment (e.g. a shorter
+    # consumer session timeout in system tests).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -80,6 +91,7 @@ class Stack:
             **os.environ,
             "CLM_DATABASE_URL": self.database_url,
             "CLM_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            **self.extra_env,
         }
 
     def prepare(self) -> None:
@@ -98,28 +110,47 @@ class Stack:
                 replication_factor=common.topic_replication_factor,
             )
         )
-        migrate_auth(self.database_url)
-        for spec in self.services:
-            package = importlib.import_module(spec.package)
-            models = importlib.import_module(f"{spec.package}.models")
-            migrate(
-                Path(package.__file__ or "").parent / "migrations",
-                url=self.database_url,
-                schema=models.SCHEMA,
-            )
+        with _MIGRATING:
+            migrate_auth(self.database_url)
+            for spec in self.services:
+                package = importlib.import_module(spec.package)
+                models = importlib.import_module(f"{spec.package}.models")
+                migrate(
+                    Path(package.__file__ or "").parent / "migrations",
+                    url=self.database_url,
+                    schema=models.SCHEMA,
+                )
 
     def start_services(self, timeout: float = 30.0) -> None:
         for spec in self.services:
-            self.children[spec.name] = procs.spawn(
-                [self._cli(spec), "serve"],
-                env={
-                    **self.env(),
-                    f"CLM_{spec.package.removeprefix('clm_').upper()}_PORT": str(spec.port),
-                },
-                log_path=self.log_dir / f"{spec.name}.log",
-            )
+            self._spawn(spec)
+        self.wait_healthy(self.services, timeout)
+
+    def spec(self, name: str) -> ServiceSpec:
+        for spec in self.services:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def kill_service(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal one service (SIGKILL by default: a crash) and reap it."""
+        proc = self.children.pop(name)
+        procs.stop(proc, sig, timeout=15)
+        log.info("%s (pid %d) stopped with %s", name, proc.pid, sig.name)
+
+    def restart_service(self, name: str, timeout: float = 30.0, *, wait: bool = True) -> None:
+        """Start a service that was killed, and wait until it answers /healthz (unless
+        `wait` is false: then call `wait_healthy` later)."""
+        if name in self.children and self.children[name].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        spec = self.spec(name)
+        self._spawn(spec)
+        if wait:
+            self.wait_healthy([spec], timeout)
+
+    def wait_healthy(self, specs: Iterable[ServiceSpec], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(self.services)
+        pending = list(specs)
         while pending:
             self.check_children()
             pending = [s for s in pending if not _healthy(s.url)]
@@ -129,7 +160,18 @@ class Stack:
                     + ", ".join(s.name for s in pending)
                     + f" (see {self.log_dir})"
                 )
-            time.sleep(0.2)
+            if pending:
+                time.sleep(0.2)
+
+    def _spawn(self, spec: ServiceSpec) -> None:
+        self.children[spec.name] = procs.spawn(
+            [self._cli(spec), "serve"],
+            env={
+                **self.env(),
+                f"CLM_{spec.package.removeprefix('clm_').upper()}_PORT": str(spec.port),
+            },
+            log_path=self.log_dir / f"{spec.name}.log",
+        )
 
     def check_children(self) -> None:
         for name, proc in self.children.items():
@@ -141,7 +183,11 @@ class Stack:
 
     def stop(self) -> None:
         """Services first (they flush and leave their consumer groups), then the broker,
-        then the database."""
+        then the database. The services stop side by side: they all get SIGTERM first."""
+        for proc in self.children.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
         for name, proc in reversed(list(self.children.items())):
             procs.stop(proc, timeout=15)
             log.info("stopped %s", name)
