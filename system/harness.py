@@ -26,7 +26,7 @@ from population import KEY_SOURCES, segment_source, to_segment
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from clm_devstack.procs import free_port
-from clm_devstack.stack import SERVICES, ServiceSpec, Stack
+from clm_devstack.stack import BACKENDS, ServiceSpec, Stack
 from clm_events import auth
 
 log = logging.getLogger("system")
@@ -109,12 +109,12 @@ class System:
     keys: Keys | None = None
 
     def __post_init__(self) -> None:
-        offset = free_block(4)
+        offset = free_block(len(BACKENDS))
         self.stack = Stack(
             data_dir=self.data_dir,
             pg_port=free_port(),
             kafka_port=free_port(),
-            services=tuple(ServiceSpec(s.name, s.package, s.port + offset) for s in SERVICES),
+            services=tuple(ServiceSpec(s.name, s.package, s.port + offset) for s in BACKENDS),
             extra_env=dict(self.extra_env),
         )
 

@@ -1,9 +1,12 @@
-"""`make run` as a user meets it: four healthy services, a clean Ctrl-C, data kept."""
+"""`make run` as a user meets it: every service healthy, the console URL and working development
+keys printed, a clean Ctrl-C, data and keys kept."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -32,7 +35,9 @@ def _free_block(size: int) -> int:
             continue
 
 
-def _start(data_dir: Path, pg_port: int, kafka_port: int, offset: int) -> subprocess.Popen[str]:
+def _start(
+    data_dir: Path, pg_port: int, kafka_port: int, offset: int
+) -> tuple[subprocess.Popen[str], str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -61,7 +66,7 @@ def _start(data_dir: Path, pg_port: int, kafka_port: int, offset: int) -> subpro
     for line in proc.stdout:
         output.append(line)
         if "Press Ctrl-C to stop" in line:
-            return proc
+            return proc, "".join(output)
     raise AssertionError("stack did not come up:\n" + "".join(output))
 
 
@@ -80,27 +85,44 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_make_run_brings_up_four_services_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
-    pg_port, kafka_port, offset = free_port(), free_port(), _free_block(4)
+def _printed(output: str, label: str) -> str:
+    match = re.search(rf"^\s*{label}\s+(\S+)", output, re.MULTILINE)
+    assert match, f"no {label!r} in:\n{output}"
+    return match.group(1)
+
+
+def test_make_run_brings_up_every_service_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
+    pg_port, kafka_port, offset = free_port(), free_port(), _free_block(5)
 
     # The launcher itself gives up when a service is not healthy within 30 s.
-    proc = _start(tmp_path, pg_port, kafka_port, offset)
+    proc, output = _start(tmp_path, pg_port, kafka_port, offset)
     try:
-        for port in range(8001 + offset, 8005 + offset):
+        for port in range(8001 + offset, 8006 + offset):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
             assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        # First run: the console URL and working development keys are printed, and the
+        # printed command sends a first event.
+        console = f"http://127.0.0.1:{8005 + offset}"
+        assert f"Console: {console}" in output
+        admin = _printed(output, "admin key")
+        who = httpx.get(f"{console}/v1/whoami", headers={"Authorization": f"Bearer {admin}"})
+        assert who.status_code == 200 and who.json()["role"] == "admin"
+        command = next(line for line in output.splitlines() if "curl" in line)
+        sent = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True)
+        assert json.loads(sent.stdout) == {"accepted": 1}
         _write_marker(pg_port)
     finally:
         family = _stop(proc)
-    assert len(family) >= 6  # postgres, broker, four services
+    assert len(family) >= 7  # postgres, broker, four services, console
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [p for p in family if _alive(p)] == []
 
-    proc = _start(tmp_path, pg_port, kafka_port, offset)
+    proc, output = _start(tmp_path, pg_port, kafka_port, offset)
     try:
         assert _read_marker(pg_port) == "kept"
+        assert _printed(output, "admin key") == admin  # the same keys, kept in the data dir
     finally:
         _stop(proc)
 

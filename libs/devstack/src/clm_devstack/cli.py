@@ -12,6 +12,7 @@ from types import FrameType
 
 import typer
 
+from clm_devstack import devkeys
 from clm_devstack.stack import SERVICES, Stack
 
 app = typer.Typer(help="Local CLM stack.", no_args_is_help=True)
@@ -43,7 +44,8 @@ def run(
         0, envvar="CLM_DEV_PORT_OFFSET", help="Added to the services' ports 8001-8004."
     ),
 ) -> None:
-    """Start PostgreSQL, the broker and the four services; Ctrl-C stops them all."""
+    """Start PostgreSQL, the broker, the four services and the console; Ctrl-C stops them
+    all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -61,13 +63,16 @@ def run(
     try:
         stack.start_infrastructure()
         stack.prepare()
+        keys = devkeys.ensure(stack.data_dir, stack.database_url or "")
         stack.start_services()
         typer.echo(f"\nCLM is up in {time.monotonic() - started:.1f} s")
         typer.echo(f"  database  {_redact(stack.database_url or '')}")
         typer.echo(f"  kafka     {stack.bootstrap_servers}")
         for spec in stack.services:
             typer.echo(f"  {spec.name:<13} {spec.url}  (API docs {spec.url}/docs)")
-        typer.echo(f"  logs      {stack.log_dir}\nPress Ctrl-C to stop.")
+        typer.echo(f"  logs      {stack.log_dir}")
+        typer.echo(_welcome(stack, keys))
+        typer.echo("Press Ctrl-C to stop.")
         while True:
             stack.check_children()
             time.sleep(0.5)
@@ -77,6 +82,28 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
         stack.stop()
         typer.echo("stopped")
+
+
+def _welcome(stack: Stack, keys: devkeys.DevKeys) -> str:
+    """The console URL, the development keys and a first event to send."""
+    console, ingest = stack.spec("console").url, stack.spec("ingest").url
+    event = (
+        '{"specversion": "1.0", "id": "first-order-1", "source": "shop/checkout", '
+        '"type": "purchase.completed", "subject": "cust-1", "time": "\'"$(date -u +%FT%TZ)"\'", '
+        '"data": {"order_id": "first-order-1", "amount": "42.00", "currency": "EUR"}}'
+    )
+    return (
+        f"\nConsole: {console}   sign in with the admin key\n"
+        f"  admin key   {keys['admin']}\n"
+        f"  read key    {keys['read']}\n"
+        f"  source key  {keys['sources']['shop']}  (source shop; billing, support and web "
+        f"keys are in {stack.data_dir / devkeys.FILE})\n"
+        f"Send a first event:\n"
+        f"  curl -s -X POST {ingest}/v1/events -H 'Authorization: Bearer "
+        f"{keys['sources']['shop']}' -H 'Content-Type: application/cloudevents+json' "
+        f"-d '{event}'\n"
+        f"Then watch customer cust-1 in the console, or stream a demo population: make demo\n"
+    )
 
 
 def _redact(url: str) -> str:

@@ -1,11 +1,13 @@
-"""The local CLM stack: embedded PostgreSQL, the Tansu broker, topics, migrations and the
-four services, started and stopped in order. Used by `make run` and by system tests."""
+"""The local CLM stack: embedded PostgreSQL, the Tansu broker, topics, migrations, the four
+services and the console, started and stopped in order. Used by `make run` and by system
+tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -45,12 +47,15 @@ class ServiceSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
-SERVICES = (
+# The services on the event path.
+BACKENDS = (
     ServiceSpec("ingest", "clm_ingest", 8001),
     ServiceSpec("stage-engine", "clm_stage_engine", 8002),
     ServiceSpec("scoring", "clm_scoring", 8003),
     ServiceSpec("campaigns", "clm_campaigns", 8004),
 )
+CONSOLE = ServiceSpec("console", "clm_console", 8005)
+SERVICES = (*BACKENDS, CONSOLE)
 
 
 @dataclass
@@ -113,6 +118,8 @@ class Stack:
         with _MIGRATING:
             migrate_auth(self.database_url)
             for spec in self.services:
+                if importlib.util.find_spec(f"{spec.package}.models") is None:
+                    continue  # a service without tables of its own (the console)
                 package = importlib.import_module(spec.package)
                 models = importlib.import_module(f"{spec.package}.models")
                 migrate(
@@ -169,6 +176,12 @@ class Stack:
             env={
                 **self.env(),
                 f"CLM_{spec.package.removeprefix('clm_').upper()}_PORT": str(spec.port),
+                # Where the console finds the others (ports move with --port-offset).
+                **{
+                    f"CLM_CONSOLE_{s.package.removeprefix('clm_').upper()}_URL": s.url
+                    for s in self.services
+                    if s is not spec
+                },
             },
             log_path=self.log_dir / f"{spec.name}.log",
         )
