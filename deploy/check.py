@@ -4,17 +4,20 @@
    (`kubectl kustomize`, which embeds kustomize 5); validate each object against the
    Kubernetes schemas (kubernetes-validate, strict) or, for the CRDs KafkaTopic,
    ServiceMonitor and PrometheusRule, against deploy/schemas/*.json; then the house rules:
-   probes on /healthz and /readyz, requests and limits, non-root read-only containers, and
-   a Service, ServiceAccount, PodDisruptionBudget and HorizontalPodAutoscaler per service.
+   probes on /healthz and /readyz, requests and limits, non-root read-only containers, a
+   Service, ServiceAccount, PodDisruptionBudget and HorizontalPodAutoscaler per service,
+   the console's backend URLs naming the four services' Services and ports, and overlays
+   giving every image a tag.
 2. rules: `promtool check rules` on the PrometheusRule and `promtool test rules` on
    deploy/prometheus/*_test.yaml (alerts fire on the series they are about); every alert
    has a severity and a runbook_url pointing at an existing section of docs/operations.md.
 3. dashboard: every panel query of deploy/grafana/clm.json parses (`promtool check rules`
    on the queries as recording rules).
 4. metrics: every service's live /metrics (the local stack: embedded PostgreSQL, the Tansu
-   broker, the four services) passes `promtool check metrics`, and every metric an alert
-   or a panel uses is exported by some service. `--metrics registry` reads the metric
-   definitions in-process instead of starting the stack (fast; used by the tests).
+   broker, the four services and the console) passes `promtool check metrics`, and every
+   metric an alert or a panel uses is exported by some service. `--metrics registry` reads
+   the metric definitions in-process instead of starting the stack (fast; used by the
+   tests).
 
 Usage: python deploy/check.py [--only manifests,rules,dashboard,metrics] [--metrics live|registry]
 Tools: KUBECTL (default: kubectl next to this Python, in .tools/deploy, then on PATH; the
@@ -38,13 +41,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEPLOY = Path(__file__).resolve().parent
-SERVICES = ("ingest", "stage-engine", "scoring", "campaigns")
+SERVICES = ("ingest", "stage-engine", "scoring", "campaigns", "console")
+# The console proxies to the others at CLM_CONSOLE_<SERVICE>_URL.
+CONSOLE = "console"
+BACKENDS = tuple(s for s in SERVICES if s != CONSOLE)
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 COMPONENTS = ("kafka-topics", "monitoring", "network-policies")
 # Series Prometheus makes itself rather than scraping them from a service.
@@ -212,6 +219,9 @@ def house_rules(docs: list[dict[str, Any]], report: Report, name: str) -> None:
                 cm = ref.get("configMapRef", {}).get("name")
                 if cm and cm not in configmaps:
                     report.add(where, f"envFrom refers to a missing ConfigMap {cm}")
+            image = str(c.get("image", ""))
+            if name.startswith("overlays/") and not re.search(r":[^/]+$|@sha256:", image):
+                report.add(where, f"image {image} has no tag: add it to the overlay's images")
             if w["kind"] == "Deployment":
                 probe_paths = {
                     p: c.get(p, {}).get("httpGet", {}).get("path")
@@ -228,6 +238,50 @@ def house_rules(docs: list[dict[str, Any]], report: Report, name: str) -> None:
         ]
         if not matches:
             report.add(f"{name} Service/{svc['metadata']['name']}", "selects no Deployment's pods")
+    console_backends(by_kind, report, name)
+
+
+def console_backends(
+    by_kind: dict[str, dict[str, dict[str, Any]]], report: Report, name: str
+) -> None:
+    """The console's CLM_CONSOLE_<SERVICE>_URL (its env, or a ConfigMap it loads) must name
+    that service's Service and one of its ports: a typo there breaks every proxied page
+    while the console itself stays ready."""
+    deployment = by_kind.get("Deployment", {}).get(f"clm-{CONSOLE}")
+    if deployment is None:
+        return  # reported above
+    configmaps = by_kind.get("ConfigMap", {})
+    services = by_kind.get("Service", {})
+    for c in deployment["spec"]["template"]["spec"].get("containers", []):
+        where = f"{name} Deployment/clm-{CONSOLE} container {c['name']}"
+        env: dict[str, str] = {}
+        for ref in c.get("envFrom", []):
+            cm = configmaps.get(ref.get("configMapRef", {}).get("name", ""), {})
+            env.update({str(k): str(v) for k, v in (cm.get("data") or {}).items()})
+        env.update({e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e})
+        for backend in BACKENDS:
+            key = f"CLM_CONSOLE_{backend.upper().replace('-', '_')}_URL"
+            url = env.get(key)
+            if not url:
+                report.add(where, f"{key} is not set (the console would call 127.0.0.1)")
+                continue
+            parts = urlsplit(url)
+            host = (parts.hostname or "").split(".")[0]
+            if host != f"clm-{backend}":
+                report.add(where, f"{key}={url} does not name the Service clm-{backend}")
+                continue
+            service = services.get(host)
+            if service is None:
+                report.add(where, f"{key}={url}: no Service {host} is rendered")
+                continue
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                report.add(where, f"{key}={url}: not a valid port")
+                continue
+            ports = {p.get("port") for p in service["spec"].get("ports", [])}
+            if port not in ports:
+                report.add(where, f"{key}={url}: Service {host} has no port {port}")
 
 
 def check_manifests(root: Path, report: Report) -> dict[str, list[dict[str, Any]]]:
@@ -419,17 +473,25 @@ def exported_names(exposition: str) -> set[str]:
 def registry_expositions() -> dict[str, str]:
     """Every service's metric definitions, in-process: one registry for all of them."""
     import importlib
+    import importlib.util
 
     from prometheus_client import generate_latest
 
     importlib.import_module("clm_events.metrics")
     for service in SERVICES:
-        importlib.import_module(f"clm_{service.replace('-', '_')}.metrics")
+        module = f"clm_{service.replace('-', '_')}.metrics"
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # the service's package is not installed
+            found = None
+        if found is not None:  # the console has none: it exports clm_events' HTTP metrics
+            importlib.import_module(module)
     return {"registry": generate_latest().decode()}
 
 
-def live_expositions(report: Report) -> dict[str, str]:
-    """/metrics of each service as `make run` starts them, on free ports."""
+def live_expositions(report: Report, log: Callable[[str], None] = print) -> dict[str, str]:
+    """/metrics of each service as `make run` starts them, on free ports. A service the
+    local stack does not start (yet) is named and skipped."""
     import httpx
 
     from clm_devstack import stack as devstack
@@ -441,6 +503,8 @@ def live_expositions(report: Report) -> dict[str, str]:
             for s in devstack.SERVICES
             if s.name in SERVICES
         )
+        if missing := [s for s in SERVICES if s not in {spec.name for spec in specs}]:
+            log(f"metrics: the local stack has no {', '.join(missing)}: not checked live")
         local = devstack.Stack(
             data_dir=Path(tmp), pg_port=free_port(), kafka_port=free_port(), services=specs
         )
@@ -510,7 +574,9 @@ def check(
                 used.setdefault("dashboard", set()).update(metric_names(expr))
             used.setdefault("dashboard", set()).update(variables)
         elif step == "metrics":
-            found = registry_expositions() if metrics == "registry" else live_expositions(report)
+            found = (
+                registry_expositions() if metrics == "registry" else live_expositions(report, log)
+            )
             check_metrics(found, used, report)
         outcome = "ok" if len(report.problems) == before else "FAILED"
         timings.append(f"{step} {outcome} in {time.perf_counter() - started:.1f}s")

@@ -119,6 +119,78 @@ def test_an_alert_without_its_runbook_section_fails(deploy: Path) -> None:
     ]
 
 
+def test_a_console_backend_url_that_misses_its_service_fails(deploy: Path) -> None:
+    _tool(checker.kubectl)
+    config = deploy / "k8s" / "base" / "config.yaml"
+    _edit(config, '"http://clm-scoring"', '"http://clm-score"')
+    _edit(config, '"http://clm-campaigns"', '"http://clm-campaigns:8004"')
+    _edit(config, '  CLM_CONSOLE_INGEST_URL: "http://clm-ingest"\n', "")
+    problems = "\n".join(_check(deploy, "manifests"))
+    console = "Deployment/clm-console container console"
+    assert f"{console}: CLM_CONSOLE_SCORING_URL=http://clm-score does not name" in problems
+    assert f"{console}: CLM_CONSOLE_CAMPAIGNS_URL=http://clm-campaigns:8004: Service" in problems
+    assert f"{console}: CLM_CONSOLE_INGEST_URL is not set" in problems
+    assert "CLM_CONSOLE_STAGE_ENGINE_URL" not in problems
+
+
+def test_an_overlay_that_leaves_an_image_untagged_fails(deploy: Path) -> None:
+    _tool(checker.kubectl)
+    prod = deploy / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    _edit(prod, "  - name: clm/console\n", "  - name: clm/console-old\n")
+    problems = _check(deploy, "manifests")
+    assert problems == [
+        "overlays/prod Deployment/clm-console container console: image clm/console has no "
+        "tag: add it to the overlay's images"
+    ]
+
+
+def test_a_console_alert_that_fires_with_one_pod_up_fails_the_rule_tests(deploy: Path) -> None:
+    _tool(checker.promtool)
+    rules = deploy / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
+    down = '(sum(up{job="clm-console"}) or vector(0)) == 0'
+    _edit(rules, down, 'min(up{job="clm-console"}) == 0')
+    [problem] = _check(deploy, "rules")
+    assert "ClmConsoleDown" in problem
+
+
+def test_the_live_metrics_check_skips_a_service_the_local_stack_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The console joined the checker's services before the local stack started it."""
+    httpx = pytest.importorskip("httpx")
+    devstack = pytest.importorskip("clm_devstack.stack")
+    started: list[tuple[str, ...]] = []
+
+    class FakeStack:
+        def __init__(self, **kwargs: object) -> None:
+            self.services = kwargs["services"]
+
+        def start_infrastructure(self) -> None: ...
+
+        def prepare(self) -> None: ...
+
+        def start_services(self, timeout: float) -> None:
+            started.append(tuple(s.name for s in self.services))
+
+        def stop(self) -> None: ...
+
+    class Answer:
+        status_code = 200
+        text = "# TYPE clm_up gauge\nclm_up 1\n"
+
+    without_console = tuple(s for s in devstack.SERVICES if s.name != "console")
+    monkeypatch.setattr(devstack, "SERVICES", without_console)
+    monkeypatch.setattr(devstack, "Stack", FakeStack)
+    monkeypatch.setattr(httpx, "get", lambda *a, **k: Answer())
+    logged: list[str] = []
+    report = checker.Report()
+    found = checker.live_expositions(report, logged.append)
+    assert started == [("ingest", "stage-engine", "scoring", "campaigns")]
+    assert sorted(found) == ["campaigns", "ingest", "scoring", "stage-engine"]
+    assert logged == ["metrics: the local stack has no console: not checked live"]
+    assert report.problems == []
+
+
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
