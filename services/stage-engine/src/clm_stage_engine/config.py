@@ -10,4 +10,5 @@ class Settings(ServiceSettings):
     port: int = 8002
     group_id: str = "clm-stage-engine"
     timer_interval: float = Field(1.0, gt=0, description="Seconds between timer sweeps.")
-    timer_batch_size: int = Field(1000, ge=1, description="Customers per timer transaction.")
+    timer_batch_size: int = Field(2000, ge=1, description="Customers per timer transaction.")
+    timer_workers: int = Field(2, ge=1, description="Timer transactions run at once.")

@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine,
         rt.sessions,
         batch_size=settings.timer_batch_size,
+        workers=settings.timer_workers,
         interval=settings.timer_interval,
         on_committed=rt.relay.wake if rt.relay else None,
     )

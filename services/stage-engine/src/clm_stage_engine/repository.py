@@ -87,31 +87,41 @@ class CustomerRow:
 Stored = dict[str, tuple[bytes, datetime | None]]  # customer -> (timeline, evaluated_until)
 
 
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session, inside the session's transaction. Bulk
+    writes go straight to it as one statement over arrays (`unnest`): SQLAlchemy's
+    executemany costs more per row than the rest of the work."""
+    conn = await session.connection()
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        await conn.execute(sa.text("SELECT 1"))  # SQLAlchemy sends BEGIN with its first statement
+    return driver
+
+
 async def lock_customers(session: AsyncSession, ids: Sequence[str]) -> Stored:
     """Timelines of these customers (those that exist), locked for this transaction.
     Locked in key order so two writers never deadlock."""
-    c = customers
-    rows = await session.execute(
-        sa.select(c.c.customer_id, c.c.timeline, c.c.evaluated_until)
-        .where(c.c.customer_id.in_(sorted(ids)))
-        .order_by(c.c.customer_id)
-        .with_for_update()
-    )
-    return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
+    rows = await (await _driver(session)).fetch(_LOCK_CUSTOMERS, sorted(ids))
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+_LOCK_CUSTOMERS = (
+    f"SELECT customer_id, timeline, evaluated_until FROM {customers.fullname} "
+    "WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
+)
 
 
 async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Stored:
     """Up to `limit` customers whose timer is due, locked; rows another replica holds are
     skipped, so replicas share the sweep."""
-    c = customers
-    rows = await session.execute(
-        sa.select(c.c.customer_id, c.c.timeline, c.c.evaluated_until)
-        .where(c.c.due_at <= now)
-        .order_by(c.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
+    rows = await (await _driver(session)).fetch(_CLAIM_DUE, now, limit)
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+_CLAIM_DUE = (
+    f"SELECT customer_id, timeline, evaluated_until FROM {customers.fullname} "
+    "WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
 
 
 async def claim_outdated(session: AsyncSession, version: int, limit: int) -> Stored:
@@ -126,7 +136,34 @@ async def claim_outdated(session: AsyncSession, version: int, limit: int) -> Sto
     return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
 
 
+_CUSTOMER_COLUMNS = (
+    ("customer_id", "text"),
+    ("stage", "text"),
+    ("stage_since", "timestamptz"),
+    ("evaluated_until", "timestamptz"),
+    ("due_at", "timestamptz"),
+    ("model_version", "int"),
+    ("clv", "float8"),
+    ("churn_probability", "float8"),
+    ("latest_nps", "int"),
+    ("timeline", "bytea"),
+)
 _UPDATED = ("stage", "stage_since", "evaluated_until", "due_at", "clv", "churn_probability")
+
+
+def _upsert_customers(set_model_version: bool) -> str:
+    names = [*_UPDATED, "latest_nps", "timeline"] + (["model_version"] if set_model_version else [])
+    arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(_CUSTOMER_COLUMNS, 1))
+    return (
+        f"INSERT INTO {customers.fullname} ({', '.join(c for c, _ in _CUSTOMER_COLUMNS)}) "
+        f"SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (customer_id) DO UPDATE SET "
+        + ", ".join(f"{n} = excluded.{n}" for n in names)
+        + ", updated_at = now()"
+    )
+
+
+_UPSERT_CUSTOMERS = {flag: _upsert_customers(flag) for flag in (False, True)}
 
 
 async def save_customers(
@@ -137,15 +174,16 @@ async def save_customers(
     them under a new model as a whole."""
     if not rows:
         return
-    stmt = insert(customers)
-    names = [*_UPDATED, "latest_nps", "timeline"]
-    if set_model_version:
-        names.append("model_version")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[customers.c.customer_id],
-        set_={name: stmt.excluded[name] for name in names} | {"updated_at": sa.func.now()},
-    )
-    await session.execute(stmt, [r.__dict__ for r in rows])
+    columns = [[getattr(r, name) for r in rows] for name, _ in _CUSTOMER_COLUMNS]
+    await (await _driver(session)).execute(_UPSERT_CUSTOMERS[set_model_version], *columns)
+
+
+_SAVE_CLOCKS = (
+    f"UPDATE {customers.fullname} AS c "
+    "SET evaluated_until = u.until, due_at = u.due, updated_at = now() "
+    "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(id, until, due) "
+    "WHERE c.customer_id = u.id"
+)
 
 
 async def save_clocks(
@@ -153,19 +191,9 @@ async def save_clocks(
 ) -> None:
     """(customer, evaluated_until, due_at) of customers whose inputs and history did not
     change: the timeline blob is left alone."""
-    if not clocks:
-        return
-    c = customers
-    stmt = (
-        c.update()
-        .where(c.c.customer_id == sa.bindparam("cid"))
-        .values(
-            evaluated_until=sa.bindparam("until"),
-            due_at=sa.bindparam("due"),
-            updated_at=sa.func.now(),
-        )
-    )
-    await session.execute(stmt, [{"cid": cid, "until": u, "due": d} for cid, u, d in clocks])
+    if clocks:
+        ids, until, due = zip(*clocks, strict=True)
+        await (await _driver(session)).execute(_SAVE_CLOCKS, list(ids), list(until), list(due))
 
 
 async def mark_model_version(session: AsyncSession, ids: Sequence[str], version: int) -> None:
@@ -183,25 +211,61 @@ async def get_customer(session: AsyncSession, customer_id: str) -> Any:
 # -- transitions ---------------------------------------------------------------------
 
 
+_TRANSITION_COLUMNS = (
+    ("customer_id", "text"),
+    ("position", "int"),
+    ("transition_id", "text"),
+    ("at", "timestamptz"),
+    ("from_stage", "text"),
+    ("to_stage", "text"),
+    ("cause", "text"),
+    ("event_source", "text"),
+    ("event_id", "text"),
+    ("event_type", "text"),
+    ("model_version", "int"),
+    ("facts", "text"),  # JSON text, cast to jsonb in the statement
+)
+_TRUNCATE = (
+    f"DELETE FROM {transitions.fullname} AS t USING unnest($1::text[], $2::int[]) AS d(id, pos) "
+    "WHERE t.customer_id = d.id AND t.position >= d.pos"
+)
+_INSERT_TRANSITIONS = (
+    f"INSERT INTO {transitions.fullname} ({', '.join(c for c, _ in _TRANSITION_COLUMNS)}) "
+    f"SELECT {', '.join(c for c, _ in _TRANSITION_COLUMNS[:-1])}, facts::jsonb FROM unnest("
+    + ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(_TRANSITION_COLUMNS, 1))
+    + f") AS r({', '.join(c for c, _ in _TRANSITION_COLUMNS)})"
+)
+
+
 async def replace_transitions(
     session: AsyncSession, truncate: Sequence[tuple[str, int]], rows: Sequence[dict[str, Any]]
 ) -> None:
-    """Drop each (customer, from position) tail, then insert the new rows."""
-    t = transitions
+    """Drop each (customer, from position) tail, then insert the new rows (`facts` as JSON
+    text)."""
+    driver = await _driver(session)
     if truncate:
-        await session.execute(
-            t.delete().where(
-                t.c.customer_id == sa.bindparam("cid"), t.c.position >= sa.bindparam("pos")
-            ),
-            [{"cid": cid, "pos": pos} for cid, pos in truncate],
-        )
+        ids, positions = zip(*truncate, strict=True)
+        await driver.execute(_TRUNCATE, list(ids), list(positions))
     if rows:
-        await session.execute(t.insert(), list(rows))
+        columns = [[r[name] for r in rows] for name, _ in _TRANSITION_COLUMNS]
+        await driver.execute(_INSERT_TRANSITIONS, *columns)
+
+
+_INSERT_OUTBOX = (
+    f"INSERT INTO {outbox.fullname} (topic, key, value, headers, event_id) "
+    "SELECT topic, key, value, headers::jsonb, event_id "
+    "FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[]) "
+    "WITH ORDINALITY AS r(topic, key, value, headers, event_id, n) "
+    "ORDER BY n"  # ids in list order: the relay publishes a customer's changes in id order
+)
 
 
 async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Outbox rows: topic, key, value, headers (JSON text), event_id."""
     if rows:
-        await session.execute(outbox.insert(), list(rows))
+        columns = [[r[name] for r in rows] for name in ("topic", "key", "value", "headers")]
+        columns.append([r["event_id"] for r in rows])
+        await (await _driver(session)).execute(_INSERT_OUTBOX, *columns)
 
 
 async def list_transitions(

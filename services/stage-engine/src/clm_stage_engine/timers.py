@@ -2,6 +2,8 @@
 lapsed). It claims due customers in batches with FOR UPDATE SKIP LOCKED, so replicas
 share the sweep, and re-evaluates customers after a model change the same way.
 
+Several batches run at once (`workers`), as replicas would.
+
 It owns its transactions (like the consumer runner does for events): each claimed batch
 is one transaction holding the new state, history and outbox rows.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,7 +32,8 @@ class TimerLoop:
         engine: StageEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        batch_size: int = 1000,
+        batch_size: int = 2000,
+        workers: int = 2,
         interval: float = 1.0,
         stats_interval: float = 15.0,
         on_committed: Callable[[], None] | None = None,
@@ -39,6 +42,7 @@ class TimerLoop:
         self._engine = engine
         self._sessions = sessions
         self._batch_size = batch_size
+        self._workers = workers
         self._interval = interval
         self._stats_interval = stats_interval
         self._on_committed = on_committed
@@ -51,15 +55,32 @@ class TimerLoop:
         now = now or self._clock()
         total = 0
         for step in (self._engine.sweep_model_change, self._engine.sweep_due):
-            while True:
-                async with self._sessions() as session, session.begin():
-                    n = await step(session, now, self._batch_size)
-                total += n
-                if n and self._on_committed is not None:
-                    self._on_committed()
-                if n < self._batch_size:
-                    break
+            # Concurrent batches (disjoint, by SKIP LOCKED) keep the database busy while
+            # Python evaluates the next batch: one loop alone leaves a core idle.
+            tasks = [asyncio.ensure_future(self._drain(step, now)) for _ in range(self._workers)]
+            try:
+                total += sum(await asyncio.gather(*tasks))
+            except BaseException:
+                # One failed: stop the others too (their transactions roll back) before
+                # the caller retries, so sweeps never overlap.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         return total
+
+    async def _drain(
+        self, step: Callable[[AsyncSession, datetime, int], Awaitable[int]], now: datetime
+    ) -> int:
+        total = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                n = await step(session, now, self._batch_size)
+            total += n
+            if n and self._on_committed is not None:
+                self._on_committed()
+            if n < self._batch_size:
+                return total
 
     async def update_stats(self) -> None:
         now = self._clock()

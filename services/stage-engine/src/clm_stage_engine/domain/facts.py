@@ -16,6 +16,8 @@ from clm_stage_engine.domain.inputs import US_PER_DAY, Input, from_us
 
 PRIORITIES = ("none", "low", "normal", "high", "urgent")
 WINDOWS_DAYS = (30, 90, 365)
+_NO_TRAITS = dict.fromkeys(k.TRAITS)
+_WINDOWS = tuple((days, f"purchases_{days}d", f"revenue_{days}d") for days in WINDOWS_DAYS)
 # Inputs that start the inactivity clocks: only customers with one need timer ticks.
 ANCHORS = frozenset({k.PURCHASE, k.INVOICE_PAID, k.SUBSCRIPTION_STARTED, k.SUBSCRIPTION_CANCELLED})
 
@@ -36,8 +38,13 @@ class Accumulator:
         self.score: dict[str, Any] | None = None
         self.score_at: int | None = None
         self.anchored = False
+        # Cache of _static_facts, dropped by every add.
+        self._static: dict[str, Any] | None = None
+        self._customer_since: int | None = None
+        self._cancelled_at: int | None = None
 
     def add(self, i: Input) -> None:
+        self._static = None
         kind, d = i.kind, i.data
         if kind == k.PURCHASE or kind == k.INVOICE_PAID:
             self.purchase_at.append(i.at)
@@ -73,6 +80,30 @@ class Accumulator:
     def facts(self, now: int) -> dict[str, Any]:
         """Facts as of `now` (>= every input added). Timestamps are datetimes here; see
         to_json for the published form."""
+        if self._static is None:
+            self._static = self._static_facts()
+        f = dict(self._static)
+        purchases = self.purchase_at
+        n = len(purchases)
+        revenue, refunds = self._revenue_prefix, self._refund_prefix
+        for days, count_name, revenue_name in _WINDOWS:
+            cut = now - days * US_PER_DAY
+            p = bisect_right(purchases, cut)
+            r = bisect_right(self.refund_at, cut)
+            f[count_name] = n - p
+            f[revenue_name] = (revenue[-1] - revenue[p]) - (refunds[-1] - refunds[r])
+        f["days_since_last_purchase"] = (now - purchases[-1]) / US_PER_DAY if n else None
+        start = self._customer_since
+        f["days_as_customer"] = (now - start) / US_PER_DAY if start is not None else None
+        cancelled = self._cancelled_at
+        f["days_since_subscription_cancelled"] = (
+            (now - cancelled) / US_PER_DAY if cancelled is not None else None
+        )
+        return f
+
+    def _static_facts(self) -> dict[str, Any]:
+        """The facts that only change when an input is added, not as time passes: an
+        evaluation between inputs (a timer tick) reuses them."""
         purchases = self.purchase_at
         n = len(purchases)
         f: dict[str, Any] = {
@@ -81,45 +112,40 @@ class Accumulator:
             "purchases_total": n,
             "revenue_total": self._revenue_prefix[-1] - self._refund_prefix[-1],
             "refunds_total": len(self.refund_at),
+            "avg_days_between_purchases": (
+                (purchases[-1] - purchases[0]) / (n - 1) / US_PER_DAY if n >= 2 else None
+            ),
         }
-        for days in WINDOWS_DAYS:
-            cut = now - days * US_PER_DAY
-            p = bisect_right(purchases, cut)
-            r = bisect_right(self.refund_at, cut)
-            f[f"purchases_{days}d"] = n - p
-            f[f"revenue_{days}d"] = (self._revenue_prefix[-1] - self._revenue_prefix[p]) - (
-                self._refund_prefix[-1] - self._refund_prefix[r]
-            )
-        f["avg_days_between_purchases"] = (
-            (purchases[-1] - purchases[0]) / (n - 1) / US_PER_DAY if n >= 2 else None
-        )
-        f["days_since_last_purchase"] = (now - purchases[-1]) / US_PER_DAY if n else None
         starts = [a for a in (purchases[0] if n else None, self._first_subscription_at) if a]
-        f["days_as_customer"] = (now - min(starts)) / US_PER_DAY if starts else None
+        self._customer_since = min(starts) if starts else None
 
-        states = self._subscriptions.values()
-        cancelled_at = [at for kind, at in states if kind == k.SUBSCRIPTION_CANCELLED]
-        if any(kind == k.SUBSCRIPTION_STARTED for kind, _ in states):
-            f["subscription_status"], f["days_since_subscription_cancelled"] = "active", None
-        elif cancelled_at:
-            f["subscription_status"] = "cancelled"
-            f["days_since_subscription_cancelled"] = (now - max(cancelled_at)) / US_PER_DAY
-        else:
-            f["subscription_status"], f["days_since_subscription_cancelled"] = "none", None
+        # Most customers have no subscription, invoice or ticket: skip those folds.
+        f["subscription_status"], self._cancelled_at = "none", None
+        if self._subscriptions:
+            states = self._subscriptions.values()
+            cancelled_at = [at for kind, at in states if kind == k.SUBSCRIPTION_CANCELLED]
+            if any(kind == k.SUBSCRIPTION_STARTED for kind, _ in states):
+                f["subscription_status"] = "active"
+            elif cancelled_at:
+                f["subscription_status"], self._cancelled_at = "cancelled", max(cancelled_at)
 
-        f["open_failed_payments"] = sum(
-            1 for kind in self._invoices.values() if kind == k.PAYMENT_FAILED
+        f["open_failed_payments"] = (
+            sum(1 for kind in self._invoices.values() if kind == k.PAYMENT_FAILED)
+            if self._invoices
+            else 0
         )
-        # A resolution that arrived before its opening still closes the ticket.
-        open_tickets = [t for t in self._tickets.values() if t[0] is not None and not t[1]]
-        f["open_tickets"] = len(open_tickets)
-        f["open_ticket_max_priority"] = max(
-            (str(t[0]) for t in open_tickets), key=PRIORITIES.index, default="none"
-        )
+        f["open_tickets"], f["open_ticket_max_priority"] = 0, "none"
+        if self._tickets:
+            # A resolution that arrived before its opening still closes the ticket.
+            open_tickets = [t for t in self._tickets.values() if t[0] is not None and not t[1]]
+            f["open_tickets"] = len(open_tickets)
+            f["open_ticket_max_priority"] = max(
+                (str(t[0]) for t in open_tickets), key=PRIORITIES.index, default="none"
+            )
         f["latest_nps"] = self._nps
         f["last_web_activity_at"] = from_us(self._web_at) if self._web_at is not None else None
-        for name in k.TRAITS:
-            f[name] = self._traits.get(name)
+        traits = self._traits
+        f.update({name: traits.get(name) for name in k.TRAITS} if traits else _NO_TRAITS)
         f["clv"] = float(self.score["clv"]) if self.score else None
         f["churn_probability"] = float(self.score["churn_probability"]) if self.score else None
         return f
@@ -127,14 +153,13 @@ class Accumulator:
 
 def to_json(facts: dict[str, Any]) -> dict[str, Any]:
     """The published form: RFC 3339 strings for times, day counts rounded for readability."""
-    out: dict[str, Any] = {}
+    out = dict(facts)
     for name, value in facts.items():
-        if isinstance(value, datetime):
-            out[name] = value.isoformat().replace("+00:00", "Z")
-        elif isinstance(value, float):
+        kind = type(value)  # exact types: these are our own values
+        if kind is float:
             out[name] = round(value, 6)
-        else:
-            out[name] = value
+        elif kind is datetime:
+            out[name] = value.isoformat().replace("+00:00", "Z")
     return out
 
 

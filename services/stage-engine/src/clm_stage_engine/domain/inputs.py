@@ -7,7 +7,7 @@ they are a function of the *set* of events, whatever order the events arrived in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clm_events.envelope import Event
@@ -33,16 +33,19 @@ TRAITS = ("email", "name", "timezone", "locale")
 _TRAIT_LIMIT = 256
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_us(moment: datetime) -> int:
     """Microseconds since the epoch: exact, and cheap to compare and store."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
 
 
 def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us // US_PER_SECOND, UTC).replace(microsecond=us % US_PER_SECOND)
+    return _EPOCH + timedelta(microseconds=us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ class Input:
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> Input:
-        return cls(int(raw[0]), str(raw[1]), str(raw[2]), str(raw[3]), dict(raw[4]))
+        return cls(raw[0], raw[1], raw[2], raw[3], raw[4])  # our own JSON: types are right
 
 
 def _traits(*sources: dict[str, Any] | None) -> dict[str, str]:

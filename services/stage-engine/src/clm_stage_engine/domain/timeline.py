@@ -53,8 +53,8 @@ class Transition:
 
     @classmethod
     def from_compact(cls, raw: list[Any]) -> Transition:
-        event = (str(raw[4][0]), str(raw[4][1]), str(raw[4][2])) if raw[4] is not None else None
-        return cls(int(raw[0]), raw[1], raw[2], raw[3], event, int(raw[5]))
+        event = tuple(raw[4]) if raw[4] is not None else None  # our own JSON: types are right
+        return cls(raw[0], raw[1], raw[2], raw[3], event, raw[5])
 
 
 @dataclass
@@ -78,10 +78,8 @@ class Timeline:
     evaluated_until: int | None = None
     # Facts at the latest evaluation point (with datetimes), for the queryable columns.
     last_facts: dict[str, Any] | None = field(default=None, repr=False)
-    _keys: set[tuple[str, str]] = field(default_factory=set, repr=False)
-
-    def __post_init__(self) -> None:
-        self._keys = {i.key for i in self.inputs}
+    # Keys of the inputs, built when new inputs arrive (a timer tick never needs them).
+    _keys: set[tuple[str, str]] | None = field(default=None, repr=False)
 
     @property
     def stage(self) -> str | None:
@@ -119,10 +117,14 @@ def advance(
     """Add inputs (duplicates ignored) and evaluate the timeline up to
     max(clock, the newest input, the previous clock)."""
     fresh: list[Input] = []
-    for i in new_inputs:
-        if i.key not in tl._keys:
-            tl._keys.add(i.key)
-            fresh.append(i)
+    if new_inputs:
+        if tl._keys is None:
+            tl._keys = {i.key for i in tl.inputs}
+        keys = tl._keys
+        for i in new_inputs:
+            if i.key not in keys:
+                keys.add(i.key)
+                fresh.append(i)
     if fresh:
         tl.inputs.extend(fresh)
         tl.inputs.sort(key=lambda i: i.order)
@@ -173,12 +175,8 @@ def _replay(
         nonlocal stage, since
         facts = acc.facts(at)
         tl.last_facts = facts
-        activation = dict(facts)
-        activation["stage"] = stage or ""
-        activation["purchases_in_stage"] = (
-            acc.purchases_after(since) if since is not None else len(acc.purchase_at)
-        )
-        to, failed = model.evaluate(activation)
+        in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+        to, failed = model.evaluate(facts, stage or "", in_stage)
         failures.extend(failed)
         if to is not None and to != stage:
             cause_event = (event.source, event.id, event.kind) if event else None
@@ -228,13 +226,9 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int) -> Outcome:
         acc.add(i)
     facts = acc.facts(at)
     tl.last_facts = facts
-    activation = dict(facts)
-    activation["stage"] = tl.stage or ""
     since = tl.since
-    activation["purchases_in_stage"] = (
-        acc.purchases_after(since) if since is not None else len(acc.purchase_at)
-    )
-    to, failed = model.evaluate(activation)
+    in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+    to, failed = model.evaluate(facts, tl.stage or "", in_stage)
     tl.evaluated_until = at
     keep = len(tl.history)
     if to is None or to == tl.stage:
