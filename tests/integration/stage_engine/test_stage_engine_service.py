@@ -226,6 +226,24 @@ async def test_a_model_change_over_http_reevaluates_customers_and_emits_transiti
                 *current["rules"],
             ],
         }
+        # A dry run says who would move (carol, among customers of other tests sharing the
+        # database) and stores nothing: carol is still a prospect under the same version.
+        dry = await client.post("/v1/lifecycle-model/dry-run", json=new_model, headers=admin)
+        assert dry.status_code == 200, dry.text
+        report = dry.json()
+        assert report["complete"] is True and report["customers_evaluated"] >= 1
+        moved = {(m["from_stage"], m["to_stage"]): m["count"] for m in report["moves"]}
+        assert moved.get(("prospect", "active"), 0) >= 1
+        assert report["would_move"] == sum(moved.values())
+        bad_dry = await client.post("/v1/lifecycle-model/dry-run", json=invalid, headers=admin)
+        assert bad_dry.status_code == 422 and bad_dry.json()["errors"][0]["path"] == "rules[0].when"
+        assert (
+            await client.post("/v1/lifecycle-model/dry-run", json=new_model, headers=read)
+        ).status_code == 403
+        assert await stage() == "prospect"
+        unchanged = (await client.get("/v1/lifecycle-model", headers=read)).json()
+        assert unchanged["version"] == current["version"]
+
         r = await client.put("/v1/lifecycle-model", json=new_model, headers=admin)
         assert r.status_code == 200, r.text
         version = r.json()["version"]

@@ -136,6 +136,18 @@ async def claim_outdated(session: AsyncSession, version: int, limit: int) -> Sto
     return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
 
 
+async def page_of_customers(session: AsyncSession, after: str, limit: int) -> Stored:
+    """Customers after `after` in id order (keyset paging), with their timelines; no lock."""
+    c = customers
+    rows = await session.execute(
+        sa.select(c.c.customer_id, c.c.timeline, c.c.evaluated_until)
+        .where(c.c.customer_id > after)
+        .order_by(c.c.customer_id)
+        .limit(limit)
+    )
+    return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
+
+
 _CUSTOMER_COLUMNS = (
     ("customer_id", "text"),
     ("stage", "text"),
