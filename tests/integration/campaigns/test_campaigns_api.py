@@ -144,7 +144,8 @@ async def test_a_draft_is_validated_and_previewed_without_being_stored(
             await conn.execute(
                 sa.text(
                     "INSERT INTO campaigns.customers (customer_id, stage, traits) "
-                    "VALUES (:c, 'active', '{\"name\": \"Ada\"}') ON CONFLICT DO NOTHING"
+                    'VALUES (:c, \'active\', \'{"name": "Ada", "email": "Ada@Example.com"}\') '
+                    "ON CONFLICT DO NOTHING"
                 ),
                 {"c": customer},
             )
@@ -167,6 +168,15 @@ async def test_a_draft_is_validated_and_previewed_without_being_stored(
         assert refused.status_code == 422
         after = len((await client.get("/v1/triggers", headers=admin)).json())
         assert after == before  # nothing was stored
+
+        # The console's search finds the customer by email, whatever the case.
+        found = await client.get(
+            "/v1/customers", params={"email": "ada@example.COM"}, headers=bearer(read_key)
+        )
+        assert found.status_code == 200
+        assert [(c["customer_id"], c["stage"], c["name"]) for c in found.json()["customers"]] == [
+            (customer, "active", "Ada")
+        ]
 
 
 async def test_a_nul_character_is_refused_with_422_not_a_server_error(

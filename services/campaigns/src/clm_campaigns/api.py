@@ -387,6 +387,18 @@ def _unprocessable_query(name: str, msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
+@router.get("/customers")
+async def find_customers(
+    session: Session,
+    caller: ReadKey,
+    email: Annotated[str, Query(min_length=3, max_length=320)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """Customers with this email (case-insensitive), from the projection campaigns keeps:
+    id, stage, since when, email and name."""
+    return {"customers": await repository.find_customers_by_email(session, email, limit)}
+
+
 @router.get("/actions", response_model=list[ActionOut])
 async def list_actions(
     session: Session,

@@ -502,3 +502,26 @@ async def trigger_series(
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
     rows = (await session.execute(_SERIES, {**params, "step": step})).all()
     return [{"at": r.at.isoformat(), **{c: getattr(r, c) for c in SERIES_COLUMNS}} for r in rows]
+
+
+async def find_customers_by_email(
+    session: AsyncSession, email: str, limit: int
+) -> list[dict[str, Any]]:
+    """Customers whose latest `email` trait is `email`, ignoring case (indexed)."""
+    c = customers
+    rows = await session.execute(
+        sa.select(c.c.customer_id, c.c.stage, c.c.stage_at, c.c.traits)
+        .where(sa.func.lower(c.c.traits["email"].astext) == email.lower())
+        .order_by(c.c.customer_id)
+        .limit(limit)
+    )
+    return [
+        {
+            "customer_id": r.customer_id,
+            "stage": r.stage,
+            "since": r.stage_at.isoformat() if r.stage_at else None,
+            "email": r.traits.get("email"),
+            "name": r.traits.get("name"),
+        }
+        for r in rows
+    ]

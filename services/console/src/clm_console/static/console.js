@@ -326,7 +326,7 @@ function customersPage() {
     show($("#matches"), false);
     if (!q.includes("@")) return open(q);
     try {
-      const found = await api("stage-engine", `/v1/customers?email=${encodeURIComponent(q)}&limit=20`);
+      const found = await api("campaigns", `/v1/customers?email=${encodeURIComponent(q)}&limit=20`);
       const list = found.customers || [];
       if (list.length === 1) return open(list[0].customer_id);
       if (!list.length) return say(`No customer with email “${q}”.`);
