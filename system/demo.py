@@ -96,7 +96,7 @@ async def ensure_triggers(client: httpx.AsyncClient, campaigns: str, admin: str)
     auth = {"Authorization": f"Bearer {admin}"}
     existing = await client.get(f"{campaigns}/v1/triggers", headers=auth)
     existing.raise_for_status()
-    names = {t["name"] for t in existing.json()}
+    names = {t["definition"]["name"] for t in existing.json()}
     for trigger in TRIGGERS:
         if trigger["name"] in names:
             continue
