@@ -38,48 +38,52 @@ from clm_events.topics import ensure_topics
 WEEKS = 52.0
 ACTION_TOPIC = "clm.demo.messages"
 
+
+def _payload(template: str, **fields: str) -> str:
+    """A JSON message template naming `template` with the given customer fields. A
+    customer's first purchase can arrive before their sign-up, so traits may be unknown:
+    `default(none)` sends null instead of failing the action."""
+    parts = [f'"template": "{template}"'] + [
+        f'"{name}": {{{{ {path} | default(none) | tojson }}}}' for name, path in fields.items()
+    ]
+    return "{" + ", ".join(parts) + "}"
+
+
+def _kafka(payload: str) -> dict[str, str]:
+    return {"channel": "kafka", "topic": ACTION_TOPIC, "payload": payload}
+
+
 TRIGGERS: list[dict[str, Any]] = [
     {
         "name": "Welcome a first-time buyer",
         "on": {"kind": "transition", "to_stage": "onboarding"},
-        "action": {
-            "channel": "kafka",
-            "topic": ACTION_TOPIC,
-            "payload": '{"template": "welcome", "to": {{ customer.traits.email | tojson }}, '
-            '"name": {{ customer.traits.name | tojson }}}',
-        },
+        "action": _kafka(
+            _payload("welcome", to="customer.traits.email", name="customer.traits.name")
+        ),
     },
     {
         "name": "Bring back customers at risk",
         "on": {"kind": "transition", "from_stages": ["active", "loyal"], "to_stage": "at_risk"},
-        "action": {
-            "channel": "kafka",
-            "topic": ACTION_TOPIC,
-            "payload": '{"template": "we-miss-you", "to": {{ customer.traits.email | tojson }}, '
-            '"purchases": {{ customer.facts.purchases_total | tojson }}}',
-        },
+        "action": _kafka(
+            _payload(
+                "we-miss-you",
+                to="customer.traits.email",
+                purchases="customer.facts.purchases_total",
+            )
+        ),
         "holdout_percent": 20,
         "conversion_window_seconds": 120,
     },
     {
         "name": "Rescue a failed payment",
         "on": {"kind": "event", "event_type": "billing.payment_failed"},
-        "action": {
-            "channel": "kafka",
-            "topic": ACTION_TOPIC,
-            "payload": '{"template": "update-your-card", '
-            '"to": {{ customer.traits.email | tojson }}}',
-        },
+        "action": _kafka(_payload("update-your-card", to="customer.traits.email")),
         "frequency_cap": {"max": 1, "period_seconds": 3600},
     },
     {
         "name": "Thank a new advocate",
         "on": {"kind": "transition", "to_stage": "advocate"},
-        "action": {
-            "channel": "kafka",
-            "topic": ACTION_TOPIC,
-            "payload": '{"template": "thank-you", "name": {{ customer.traits.name | tojson }}}',
-        },
+        "action": _kafka(_payload("thank-you", name="customer.traits.name")),
     },
 ]
 

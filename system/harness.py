@@ -11,8 +11,6 @@ import contextlib
 import importlib
 import json
 import logging
-import random
-import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,26 +23,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from population import KEY_SOURCES, segment_source, to_segment
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from clm_devstack.procs import free_port
+from clm_devstack.procs import free_port, free_port_offset
 from clm_devstack.stack import BACKENDS, ServiceSpec, Stack
 from clm_events import auth
 
 log = logging.getLogger("system")
 
 INBOUND = "clm.events.inbound"
-
-
-def free_block(size: int) -> int:
-    """An offset such that ports 8001+offset .. 8001+offset+size-1 are free now."""
-    while True:
-        offset = random.randrange(20_000, 40_000)
-        try:
-            for port in range(8001 + offset, 8001 + offset + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return offset
-        except OSError:
-            continue
 
 
 def service_env(*, smtp_port: int | None = None, fast_recovery: bool = True) -> dict[str, str]:
@@ -109,7 +94,7 @@ class System:
     keys: Keys | None = None
 
     def __post_init__(self) -> None:
-        offset = free_block(len(BACKENDS))
+        offset = free_port_offset(len(BACKENDS))
         self.stack = Stack(
             data_dir=self.data_dir,
             pg_port=free_port(),

@@ -24,11 +24,12 @@ from typing import Any
 import httpx
 import pytest
 import segment.analytics as segment
-from harness import INBOUND, Keys, create_keys, free_block, service_env
+from harness import INBOUND, Keys, create_keys, service_env
 from kit import produce
 from receivers import SmtpServer, WebhookReceiver
 
-from clm_devstack.procs import free_port
+from clm_devstack.procs import free_port, free_port_offset
+from clm_devstack.stack import SERVICES
 
 CLI = str(Path(sys.executable).with_name("clm-dev"))
 T0 = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=800)
@@ -67,7 +68,7 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterator[Stack]:
     """`clm-dev run`, exactly as `make run` starts it, with settings from the environment."""
-    pg, kafka, offset = free_port(), free_port(), free_block(4)
+    pg, kafka, offset = free_port(), free_port(), free_port_offset(len(SERVICES))
     env = {
         k: v
         for k, v in os.environ.items()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +15,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-from clm_devstack.procs import free_port
+from clm_devstack.procs import free_port, free_port_offset
+from clm_devstack.stack import SERVICES
 
 CLI = str(Path(sys.executable).with_name("clm-dev"))
-
-
-def _free_block(size: int) -> int:
-    """An offset such that ports 8001+offset .. 8001+offset+size-1 are all free."""
-    while True:
-        offset = random.randrange(20_000, 40_000)
-        try:
-            for port in range(8001 + offset, 8001 + offset + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return offset
-        except OSError:
-            continue
 
 
 def _start(
@@ -92,7 +78,7 @@ def _printed(output: str, label: str) -> str:
 
 
 def test_make_run_brings_up_every_service_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
-    pg_port, kafka_port, offset = free_port(), free_port(), _free_block(5)
+    pg_port, kafka_port, offset = free_port(), free_port(), free_port_offset(len(SERVICES))
 
     # The launcher itself gives up when a service is not healthy within 30 s.
     proc, output = _start(tmp_path, pg_port, kafka_port, offset)

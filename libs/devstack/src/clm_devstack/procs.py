@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_offset(size: int, base: int = 8001) -> int:
+    """An offset such that ports base+offset .. base+offset+size-1 are all free now (for
+    `clm-dev run --port-offset`, which moves the services' fixed ports together)."""
+    while True:
+        offset = random.randrange(20_000, 40_000)
+        try:
+            for port in range(base + offset, base + offset + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return offset
+        except OSError:
+            continue
 
 
 def wait_for_port(
