@@ -224,6 +224,16 @@ def test_an_admin_replays_a_dead_letter_after_fixing_it(page: Page, console_stac
     row.locator("button[data-replay]").click()
     expect(page.locator("#dl-status")).to_contain_text("Sent again")
 
-    # The fixed purchase now reaches the stage engine.
+    # The fixed purchase now reaches the stage engine (through the inbound gate and the
+    # purchase topic); the page shows a customer once the stage engine knows them.
+    deadline = time.monotonic() + WAIT / 1000
+    while time.monotonic() < deadline:
+        known = httpx.get(
+            f"{console_stack.url}/api/stage-engine/v1/customers/{customer}",
+            headers={"Authorization": f"Bearer {console_stack.admin_key}"},
+        )
+        if known.status_code == 200:
+            break
+        time.sleep(0.5)
     page.goto(f"/customers?id={customer}")
     expect(page.locator('[data-field="Purchases"]')).to_have_text("1", timeout=WAIT)
