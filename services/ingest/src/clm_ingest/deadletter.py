@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
@@ -66,11 +66,21 @@ class Filters:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
+def producer_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The producer's own headers: without the dead-letter and replay marks."""
+    return [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX) and k != REPLAY_HEADER]
+
+
+def replay_headers(
+    headers: Sequence[tuple[str, bytes]], topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The producer's headers plus where the message was dead-lettered."""
+    return [*producer_headers(headers), (REPLAY_HEADER, f"{topic}/{partition}/{offset}".encode())]
+
+
 def replay_message(record: Record, inbound: str) -> Message:
     """The original message for the inbound topic, marked with where it was dead-lettered."""
-    headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
-    headers = [(k, v) for k, v in headers if k != REPLAY_HEADER]
-    headers.append((REPLAY_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()))
+    headers = replay_headers(record.headers, record.topic, record.partition, record.offset)
     return Message(topic=inbound, key=record.key, value=record.value or b"", headers=headers)
 
 

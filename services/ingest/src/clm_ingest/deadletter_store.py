@@ -27,9 +27,9 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from clm_events.deadletter import HEADER_PREFIX, reason_of
+from clm_events.deadletter import reason_of
 from clm_events.producer import Message, Producer
-from clm_ingest.deadletter import REPLAY_HEADER
+from clm_ingest.deadletter import REPLAY_HEADER, producer_headers, replay_headers
 from clm_ingest.models import deadletters
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,7 @@ def row_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
         "key": record.key,
         "value": record.value or b"",
         # Only the producer's own headers: replay must not carry the dead-letter ones.
-        "headers": [
-            [k, base64.b64encode(v).decode()]
-            for k, v in headers
-            if not k.startswith(HEADER_PREFIX) and k != REPLAY_HEADER
-        ],
+        "headers": [[k, base64.b64encode(v).decode()] for k, v in producer_headers(headers)],
         "replay_of": replay_of,
     }
 
@@ -192,8 +188,8 @@ async def replay(
 
     A crash between the two re-publishes on a second click, which is harmless: consumers
     dedupe on the event's (source, id)."""
-    headers = [(k, base64.b64decode(v)) for k, v in row.headers]
-    headers.append((REPLAY_HEADER, f"{deadletter_topic}/{row.partition}/{row.offset}".encode()))
+    stored = [(k, base64.b64decode(v)) for k, v in row.headers]
+    headers = replay_headers(stored, deadletter_topic, row.partition, row.offset)
     value = payload if payload is not None else bytes(row.value)
     key = bytes(row.key) if row.key is not None else None
     await producer.send(Message(topic=inbound, key=key, value=value, headers=headers))
