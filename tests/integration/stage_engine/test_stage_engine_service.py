@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kit import bearer, make_key, produce, read_topic, running
-from stagekit import buy, domain_topic, event, published, wait_for
+from stagekit import buy, domain_topic, event, published, utc, wait_for
 
 from clm_events.deadletter import reason_of
 
@@ -170,6 +171,50 @@ async def test_events_and_time_move_customers_through_the_default_stages(
             headers=read,
         )
         assert bad.status_code == 422 and "'from' must be before 'to'" in bad.text
+
+
+async def test_the_timer_leaves_a_customer_alone_until_time_could_move_them(
+    migrated: str, bootstrap_servers: str
+) -> None:
+    u = uuid.uuid4().hex[:8]
+    buyer, visitor = f"new-{u}", f"visitor-{u}"
+    bought = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
+    read = bearer(await make_key(migrated, "read"))
+    async with running("clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2) as (
+        client,
+        runtime,
+    ):
+        prefix = runtime.topics.prefix
+        iso = bought.isoformat().replace("+00:00", "Z")
+        await _publish(
+            bootstrap_servers,
+            prefix,
+            [buy(buyer, f"{u}-1", iso), event(visitor, f"pv-{u}", "web.page_viewed", iso, url="/")],
+        )
+
+        async def customer(cid: str) -> dict[str, Any]:
+            r = await client.get(f"/v1/customers/{cid}", headers=read)
+            return r.json() if r.status_code == 200 else {}
+
+        # The timer replays the days since the purchase, probes one day further and
+        # schedules the customer after it, not at the next midnight; each later wake-up
+        # probes twice as far (the domain tests follow that to the end of onboarding).
+        def timed(c: dict[str, Any]) -> bool:  # the timer has looked at the customer
+            return bool(c.get("next_check_at")) and utc(c["next_check_at"]) > datetime.now(UTC)
+
+        got = await wait_for(lambda: customer(buyer), timed)
+        checked = utc(got["evaluated_until"])
+        next_midnight = (checked + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+        next_midnight = next_midnight.replace(microsecond=0)
+        assert got["stage"] == "onboarding"
+        assert got["next_check_at"] == _iso(next_midnight + timedelta(days=1))
+        assert utc(got["next_check_at"]) < bought + timedelta(days=30)
+        seen = await wait_for(lambda: customer(visitor), lambda c: bool(c))
+        assert (seen["stage"], seen["next_check_at"]) == ("prospect", None)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 async def test_a_model_change_over_http_reevaluates_customers_and_emits_transitions(

@@ -166,6 +166,26 @@ def test_due_time_is_the_next_tick_only_for_customers_time_can_move() -> None:
     assert buyer.due_at == to_us(datetime(2025, 1, 2, tzinfo=UTC))
 
 
+def test_the_timer_looks_ahead_to_the_first_tick_that_can_move_the_customer() -> None:
+    tl = run([buy(0, "o1")], until_days=0)
+    advance(tl, MODEL, [], at(1), look_ahead=400)
+    assert tl.stage == "onboarding"
+    # Onboarding ends when 30 days as a customer have passed: the first tick after
+    # day 30 at 10:00 is the UTC midnight that starts day 31.
+    assert tl.due_at == to_us(datetime(2025, 2, 1, tzinfo=UTC))
+    # A shorter look-ahead finds nothing and asks to be checked again where it stopped.
+    short = run([buy(0, "o1")], until_days=0)
+    advance(short, MODEL, [], at(1), look_ahead=7)
+    assert short.due_at == to_us(datetime(2025, 1, 10, tzinfo=UTC))
+    # Woken then (a second late), it skips the probed days and probes twice as far
+    # (14 ticks from January 11th), then 28, which reaches the day onboarding ends.
+    for due in (datetime(2025, 1, 25, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)):
+        assert short.due_at is not None
+        advance(short, MODEL, [], short.due_at + 1_000_000, look_ahead=30, quiet_until=short.due_at)
+        assert short.due_at == to_us(due)
+    assert stages(short) == [(None, "onboarding", "event")]
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
@@ -259,3 +279,34 @@ def test_arrival_order_duplicates_and_batching_change_nothing(
     assert [t.facts for t in tl.history] == [t.facts for t in reference.history]
     assert tl.stage == reference.stage
     assert facts_at(tl.inputs, clock) == facts_at(reference.inputs, clock)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(_event, min_size=1, max_size=12, unique_by=lambda i: i.id),
+    look_ahead=st.integers(1, 60),
+)
+def test_a_timer_that_wakes_only_at_due_times_builds_the_daily_history(
+    events: list[Input], look_ahead: int
+) -> None:
+    """Events arrive live; one timer ticks every day, the other sleeps until each
+    customer's due time and skips the ticks its look-ahead already probed."""
+    events = sorted(events, key=lambda i: i.order)
+    daily, lazy = Timeline("c-1"), Timeline("c-1")
+    woken = 0
+    for day in range(1, 451):
+        now = at(day)
+        arriving = [i for i in events if at(day - 1) < i.at <= now]
+        advance(daily, MODEL, arriving, now)
+        if arriving:
+            advance(lazy, MODEL, arriving, now)  # the event path: due is the next tick
+        elif lazy.due_at is not None and lazy.due_at <= now:
+            # The service hands back the stored due time (same model, same inputs).
+            advance(lazy, MODEL, [], now, look_ahead=look_ahead, quiet_until=lazy.due_at)
+            woken += 1
+    assert [t.compact() for t in lazy.history] == [t.compact() for t in daily.history]
+    assert [t.facts for t in lazy.history] == [t.facts for t in daily.history]
+    # After each event or transition the probes double (1, 2, 4, ... look_ahead ticks):
+    # a customer is woken a few times per change, then once per look-ahead span.
+    doublings = look_ahead.bit_length() + 1
+    assert woken <= (len(events) + len(daily.history) + 1) * doublings + 450 // look_ahead

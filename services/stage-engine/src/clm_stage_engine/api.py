@@ -53,6 +53,9 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         "stage": row.stage,
         "since": _iso(row.stage_since),
         "evaluated_until": _iso(row.evaluated_until),
+        # When the timer next looks at the customer: the first tick at which time alone
+        # could move them, or a re-check where its look-ahead ended; null if time cannot.
+        "next_check_at": _iso(row.due_at),
         "model_version": row.model_version,
         "facts": to_json(facts_at(tl.inputs, now)),
         "scores": {**score.data, "updated_at": _iso(from_us(score.at))} if score else None,

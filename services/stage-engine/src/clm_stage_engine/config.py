@@ -12,3 +12,10 @@ class Settings(ServiceSettings):
     timer_interval: float = Field(1.0, gt=0, description="Seconds between timer sweeps.")
     timer_batch_size: int = Field(2000, ge=1, description="Customers per timer transaction.")
     timer_workers: int = Field(2, ge=1, description="Timer transactions run at once.")
+    timer_look_ahead_days: int = Field(
+        30,
+        ge=0,
+        le=400,
+        description="Days the timer probes ahead for a customer's next possible stage change; "
+        "more means rarer re-checks and longer probes.",
+    )

@@ -56,9 +56,14 @@ class Models:
 
 
 class StageEngine:
-    def __init__(self, topics: Topics, models: Models | None = None) -> None:
+    def __init__(
+        self, topics: Topics, models: Models | None = None, *, look_ahead: int = 30
+    ) -> None:
         self.topics = topics
         self.models = models or Models()
+        # Ticks (days) the timer probes ahead for a customer's due time. Events only set
+        # the next tick: probing is the timer's work, off the event path.
+        self.look_ahead = look_ahead
 
     # -- entry points ----------------------------------------------------------------
 
@@ -107,9 +112,16 @@ class StageEngine:
         many customers were claimed."""
         started = time.perf_counter()
         model = await self.models.current(session)
-        stored = await repo.claim_due(session, now, limit)
-        clock = to_us(now)
-        await self._process(session, model, dict(stored), lambda tl: advance(tl, model, [], clock))
+        stored, quiet = await repo.claim_due(session, now, limit, model.version)
+        clock, ahead = to_us(now), self.look_ahead
+        await self._process(
+            session,
+            model,
+            dict(stored),
+            lambda tl: advance(
+                tl, model, [], clock, look_ahead=ahead, quiet_until=quiet.get(tl.customer)
+            ),
+        )
         metrics.BATCH_SECONDS.labels("timer").observe(time.perf_counter() - started)
         return len(stored)
 
@@ -122,7 +134,12 @@ class StageEngine:
             return 0
         clock = to_us(now)
         await self._process(
-            session, model, dict(stored), lambda tl: reevaluate(tl, model, clock), full=True
+            session,
+            model,
+            dict(stored),
+            # One probe: every customer at once; later re-checks probe further.
+            lambda tl: reevaluate(tl, model, clock, look_ahead=min(1, self.look_ahead)),
+            full=True,
         )
         await repo.mark_model_version(session, list(stored), model.version)
         metrics.BATCH_SECONDS.labels("model_change").observe(time.perf_counter() - started)

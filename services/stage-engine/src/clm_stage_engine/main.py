@@ -11,7 +11,7 @@ from clm_stage_engine.timers import TimerLoop
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime("stage-engine", settings, outbox=models.outbox, processed=models.processed_events)
-    engine = StageEngine(rt.topics)
+    engine = StageEngine(rt.topics, look_ahead=settings.timer_look_ahead_days)
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[*rt.topics.domains, rt.topics.scores],

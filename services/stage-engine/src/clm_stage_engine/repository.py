@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clm_stage_engine.domain.inputs import to_us
 from clm_stage_engine.models import customers, lifecycle_models, outbox, transitions
 
 _MODEL_LOCK = zlib.crc32(b"clm-stage-engine:lifecycle-model")
@@ -111,15 +112,20 @@ _LOCK_CUSTOMERS = (
 )
 
 
-async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Stored:
+async def claim_due(
+    session: AsyncSession, now: datetime, limit: int, version: int
+) -> tuple[Stored, dict[str, int]]:
     """Up to `limit` customers whose timer is due, locked; rows another replica holds are
-    skipped, so replicas share the sweep."""
-    rows = await (await _driver(session)).fetch(_CLAIM_DUE, now, limit)
-    return {r[0]: (r[1], r[2]) for r in rows}
+    skipped, so replicas share the sweep. Also each claimed customer's due time (µs) when
+    it was set under model `version`: the ticks before it need no evaluation."""
+    rows = await (await _driver(session)).fetch(_CLAIM_DUE, now, limit, version)
+    quiet = {r[0]: to_us(r[3]) for r in rows if r[3] is not None}
+    return {r[0]: (r[1], r[2]) for r in rows}, quiet
 
 
 _CLAIM_DUE = (
-    f"SELECT customer_id, timeline, evaluated_until FROM {customers.fullname} "
+    "SELECT customer_id, timeline, evaluated_until, "
+    f"CASE WHEN model_version = $3 THEN due_at END FROM {customers.fullname} "
     "WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED"
 )
 

@@ -9,6 +9,15 @@ Processing order does not matter: an input older than the evaluated clock rewind
 history to its time and replays from there. That is also why a backfill, which sees
 every input at once, ends with exactly the history live processing built event by event
 and tick by tick.
+
+The due time is the first tick at which time alone could move the customer. After an
+event it is simply the next tick; the timer then looks ahead tick by tick over facts
+that only age (rules are opaque CEL, so probing is the sound way to find the moment)
+and stores the first tick whose evaluation differs, or the end of the look-ahead as a
+re-check. A customer is then left alone until that tick, and the ticks before it, known
+to change nothing, are not evaluated again. Each re-check probes twice as far as the
+last one (up to the configured look-ahead): a customer woken every day costs one probe,
+a quiet one is woken ever more rarely.
 """
 
 from __future__ import annotations
@@ -76,6 +85,9 @@ class Timeline:
     inputs: list[Input] = field(default_factory=list)
     history: list[Transition] = field(default_factory=list)
     evaluated_until: int | None = None
+    # The next tick the timer must evaluate (None: time alone cannot move the customer);
+    # set by advance and reevaluate.
+    due_at: int | None = None
     # Facts at the latest evaluation point (with datetimes), for the queryable columns.
     last_facts: dict[str, Any] | None = field(default=None, repr=False)
     # Keys of the inputs, built when new inputs arrive (a timer tick never needs them).
@@ -88,14 +100,6 @@ class Timeline:
     @property
     def since(self) -> int | None:
         return self.history[-1].at if self.history else None
-
-    @property
-    def due_at(self) -> int | None:
-        """When a timer tick next needs evaluating, or None if time alone cannot move the
-        customer (no purchase or subscription yet)."""
-        if self.evaluated_until is None or not any(i.kind in ANCHORS for i in self.inputs):
-            return None
-        return next_tick(self.evaluated_until)
 
     def to_json(self) -> dict[str, Any]:
         """Inputs and history; the clock is stored next to it (it changes far more often)."""
@@ -112,10 +116,21 @@ class Timeline:
 
 
 def advance(
-    tl: Timeline, model: CompiledModel, new_inputs: list[Input], clock: int | None = None
+    tl: Timeline,
+    model: CompiledModel,
+    new_inputs: list[Input],
+    clock: int | None = None,
+    *,
+    look_ahead: int = 0,
+    quiet_until: int | None = None,
 ) -> Outcome:
     """Add inputs (duplicates ignored) and evaluate the timeline up to
-    max(clock, the newest input, the previous clock)."""
+    max(clock, the newest input, the previous clock).
+
+    `look_ahead`: the most ticks to probe for the due time (0: the due time is the next
+    tick). `quiet_until`: the stored due time when it was found under this model from the
+    same inputs; the ticks before it are not evaluated again, and the probe goes twice as
+    far as the span they covered."""
     fresh: list[Input] = []
     if new_inputs:
         if tl._keys is None:
@@ -134,6 +149,7 @@ def advance(
         return Outcome(len(tl.history), [], [], bool(fresh))
     target = max(candidates)
     if not fresh and until is not None and target <= until:
+        tl.due_at = next_tick(until) if _anchored(tl.inputs) else None
         return Outcome(len(tl.history), [], [], False)
 
     earliest = min((i.at for i in fresh), default=None)
@@ -143,6 +159,15 @@ def advance(
         lo, inclusive = until, False
     else:
         lo, inclusive = None, True
+    if (
+        not fresh
+        and until is not None
+        and quiet_until is not None
+        and until < quiet_until <= target
+    ):
+        span = (quiet_until - next_tick(until)) // TICK
+        look_ahead = min(look_ahead, max(1, 2 * span))
+        lo, inclusive = quiet_until - 1, False  # ticks before it were probed: no change
     keep = len(tl.history)
     if lo is not None:
         while keep and (
@@ -151,8 +176,9 @@ def advance(
             keep -= 1
     old_tail = tl.history[keep:]
     del tl.history[keep:]
-    failures = _replay(tl, model, lo, inclusive, target)
+    failures, acc = _replay(tl, model, lo, inclusive, target)
     tl.evaluated_until = target
+    tl.due_at = _due(tl, model, acc, look_ahead)
     new_tail = tl.history[keep:]
     # A replay usually rebuilds most of what it dropped: only the difference is news.
     common = 0
@@ -164,9 +190,30 @@ def advance(
     return Outcome(keep + common, old_tail[common:], new_tail[common:], bool(fresh), failures)
 
 
+def _anchored(inputs: list[Input]) -> bool:
+    return any(i.kind in ANCHORS for i in inputs)
+
+
+def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) -> int | None:
+    """The first tick after the clock whose evaluation could move the customer: probe up
+    to `look_ahead` ticks with the facts as they age (no new input), and return the first
+    that gives another stage or fails, else the tick after the last probed (a re-check)."""
+    if not acc.anchored or tl.evaluated_until is None:
+        return None
+    tick = next_tick(tl.evaluated_until)
+    stage, since = tl.stage, tl.since
+    in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+    for _ in range(look_ahead):
+        to, failed = model.evaluate(acc.facts(tick), stage or "", in_stage)
+        if failed or (to is not None and to != stage):
+            return tick
+        tick += TICK
+    return tick
+
+
 def _replay(
     tl: Timeline, model: CompiledModel, lo: int | None, inclusive: bool, target: int
-) -> list[str]:
+) -> tuple[list[str], Accumulator]:
     acc = Accumulator()
     failures: list[str] = []
     stage, since = tl.stage, tl.since
@@ -212,10 +259,10 @@ def _replay(
     while tick is not None and acc.anchored and tick <= target:
         evaluate(tick, TIME, None)
         tick += TICK
-    return failures
+    return failures, acc
 
 
-def reevaluate(tl: Timeline, model: CompiledModel, clock: int) -> Outcome:
+def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: int = 0) -> Outcome:
     """Evaluate the customer under a new model as of `clock` (the time of the change);
     a different stage is a `model_change` transition."""
     at = max(clock, tl.evaluated_until or clock)
@@ -231,8 +278,11 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int) -> Outcome:
     to, failed = model.evaluate(facts, tl.stage or "", in_stage)
     tl.evaluated_until = at
     keep = len(tl.history)
-    if to is None or to == tl.stage:
-        return Outcome(keep, [], [], False, failed)
-    t = Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, to_json(facts))
-    tl.history.append(t)
-    return Outcome(keep, [], [t], False, failed)
+    added: list[Transition] = []
+    if to is not None and to != tl.stage:
+        added.append(
+            Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, to_json(facts))
+        )
+        tl.history.extend(added)
+    tl.due_at = _due(tl, model, acc, look_ahead)
+    return Outcome(keep, [], added, False, failed)
