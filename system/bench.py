@@ -215,7 +215,9 @@ async def run(args: argparse.Namespace, system: System) -> dict[str, Any]:
                 await asyncio.wait(inflight)
             sent_seconds = time.monotonic() - began
             drain_began = time.monotonic()
-            waiter = asyncio.create_task(settle(system, quiet=3.0, timeout=900))
+            # A machine that cannot keep up drains a backlog after sending: allow for it.
+            drain_limit = max(900.0, 6 * args.seconds)
+            waiter = asyncio.create_task(settle(system, quiet=3.0, timeout=drain_limit))
             while not waiter.done():
                 sampler.sample()
                 await asyncio.sleep(0.5)
@@ -355,9 +357,25 @@ def main(argv: list[str] | None = None) -> int:
             system.stop()
     text = report(result, args.quick)
     print("\n" + text)
-    header = "# Benchmarks\n\n`make bench` (`python system/bench.py`) writes this page.\n\n"
-    args.out.write_text(header + text)
+    write_section(args.out, text)
     return 0
+
+
+START, END = "<!-- make bench: start -->\n", "<!-- make bench: end -->\n"
+
+
+def write_section(page: Path, text: str) -> None:
+    """Replace the generated part of the page, keeping what was written around it."""
+    old = page.read_text() if page.exists() else ""
+    if START in old and END in old:
+        head, rest = old.split(START, 1)
+        tail = rest.split(END, 1)[1]
+    else:
+        head, tail = (
+            "# Benchmarks\n\n`make bench` (`python system/bench.py`) writes this section.\n\n",
+            "",
+        )
+    page.write_text(head + START + text + END + tail)
 
 
 if __name__ == "__main__":
