@@ -15,15 +15,17 @@ event it is simply the next tick; the timer then looks ahead tick by tick over f
 that only age (rules are opaque CEL, so probing is the sound way to find the moment)
 and stores the first tick whose evaluation differs, or the end of the look-ahead as a
 re-check. A customer is then left alone until that tick, and the ticks before it, known
-to change nothing, are not evaluated again. Each re-check probes twice as far as the
-last one (up to the configured look-ahead): a customer woken every day costs one probe,
-a quiet one is woken ever more rarely.
+to change nothing, are not evaluated again. Each re-check probes up to twice as far as
+the last one (up to the configured look-ahead, shortened by a per-customer hash so
+customers woken together drift apart): a customer woken every day costs one probe, a
+quiet one is woken ever more rarely.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +203,10 @@ def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) 
     if not acc.anchored or tl.evaluated_until is None:
         return None
     tick = next_tick(tl.evaluated_until)
+    if look_ahead > 1:
+        # Shortened by up to half, by a hash of customer and tick: customers woken
+        # together (all due after a backfill) drift apart instead of staying in step.
+        look_ahead -= zlib.crc32(f"{tl.customer}@{tick}".encode()) % (look_ahead // 2 + 1)
     stage, since = tl.stage, tl.since
     in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
     for _ in range(look_ahead):
