@@ -81,6 +81,7 @@ class ConsumerRunner:
         poll_timeout_ms: int = 200,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        fetch_max_wait_ms: int = 500,
         revoke_timeout: float = 5.0,
         on_committed: Callable[[], None] | None = None,
     ) -> None:
@@ -107,6 +108,7 @@ class ConsumerRunner:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._idle = asyncio.Event()
         self._idle.set()

@@ -44,6 +44,14 @@ class ServiceSettings(BaseSettings):
         "partitions move (some brokers also hold a join for about half of it).",
     )
     consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    consumer_fetch_max_wait_ms: int = Field(
+        500,
+        ge=1,
+        le=5_000,
+        description="Longest a fetch waits at the broker for new messages. Kafka answers "
+        "as soon as data arrives, so there it only sets how often an idle consumer asks "
+        "again; a broker that holds fetches (the local one) adds part of it to every hop.",
+    )
     outbox_poll_interval: float = Field(0.5, gt=0)
     startup_timeout: float = Field(60.0, gt=0, description="How long to wait for DB and broker.")
     common: ClmSettings = Field(default_factory=ClmSettings)
@@ -103,6 +111,7 @@ class Runtime:
             max_records=self.settings.consumer_max_records,
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             on_committed=self.relay.wake if self.relay else None,
             **options,
         )
