@@ -60,6 +60,14 @@ async def test_the_same_event_twice_is_applied_once(harness: Harness) -> None:
     while await runner.poll_once() == 0:
         pass
     assert await harness.shop.counts() == {"cust-1": (2, Decimal("20.00"))}
+    # What SREs see: two applied, two recognised as duplicates.
+    counted = {
+        s.labels["outcome"]: s.value
+        for metric in metrics.CONSUMER_MESSAGES.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.labels["group"] == harness.group
+    }
+    assert counted == {"applied": 2.0, "duplicate": 2.0}
 
 
 async def test_garbage_and_invalid_events_go_to_the_dead_letter_topic_and_the_consumer_goes_on(
