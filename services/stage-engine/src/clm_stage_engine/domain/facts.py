@@ -74,7 +74,10 @@ class Accumulator:
         if kind in ANCHORS:
             self.anchored = True
 
-    def purchases_after(self, moment: int) -> int:
+    def purchases_after(self, moment: int | None) -> int:
+        """Purchases after `moment` (all of them when None: no stage entered yet)."""
+        if moment is None:
+            return len(self.purchase_at)
         return len(self.purchase_at) - bisect_right(self.purchase_at, moment)
 
     def facts(self, now: int) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) 
         # together (all due after a backfill) drift apart instead of staying in step.
         look_ahead -= zlib.crc32(f"{tl.customer}@{tick}".encode()) % (look_ahead // 2 + 1)
     stage, since = tl.stage, tl.since
-    in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+    in_stage = acc.purchases_after(since)
     for _ in range(look_ahead):
         to, failed = model.evaluate(acc.facts(tick), stage or "", in_stage)
         if failed or (to is not None and to != stage):
@@ -228,7 +228,7 @@ def _replay(
         nonlocal stage, since
         facts = acc.facts(at)
         tl.last_facts = facts
-        in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+        in_stage = acc.purchases_after(since)
         to, failed = model.evaluate(facts, stage or "", in_stage)
         failures.extend(failed)
         if to is not None and to != stage:
@@ -280,7 +280,7 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
     facts = acc.facts(at)
     tl.last_facts = facts
     since = tl.since
-    in_stage = acc.purchases_after(since) if since is not None else len(acc.purchase_at)
+    in_stage = acc.purchases_after(since)
     to, failed = model.evaluate(facts, tl.stage or "", in_stage)
     tl.evaluated_until = at
     keep = len(tl.history)
