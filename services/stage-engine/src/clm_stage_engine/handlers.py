@@ -18,7 +18,6 @@ from clm_events.consumer import Delivery
 from clm_events.topics import Topics
 from clm_stage_engine import metrics
 from clm_stage_engine import repository as repo
-from clm_stage_engine.domain import facts as facts_mod
 from clm_stage_engine.domain.inputs import Input, from_event, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, CompiledModel, ModelSpec, compile_model
 from clm_stage_engine.domain.timeline import Outcome, Timeline, Transition, advance, reevaluate
@@ -201,7 +200,7 @@ class StageEngine:
     ) -> repo.CustomerRow:
         f = tl.last_facts
         if f is None:
-            f = facts_mod.facts_at(tl.inputs, tl.evaluated_until or 0)
+            f = tl.fold().facts(tl.evaluated_until or 0)
         since = tl.since
         return repo.CustomerRow(
             customer_id=tl.customer,

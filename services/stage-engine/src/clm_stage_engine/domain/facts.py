@@ -43,6 +43,49 @@ class Accumulator:
         self._customer_since: int | None = None
         self._cancelled_at: int | None = None
 
+    def to_json(self) -> list[Any]:
+        """The fold as stored with the timeline, so an input after the clock is added to
+        it instead of folding every stored input again. A list: it is written with every
+        event. Sums are kept as summed (JSON round-trips floats exactly)."""
+        return [
+            self.purchase_at,
+            self._revenue_prefix,
+            self.refund_at,
+            self._refund_prefix,
+            self._subscriptions,
+            self._first_subscription_at,
+            self._invoices,
+            self._tickets,
+            self._nps,
+            self._web_at,
+            self._traits,
+            self.score,
+            self.score_at,
+            self.anchored,
+        ]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> Accumulator:
+        acc = cls()
+        (
+            acc.purchase_at,
+            acc._revenue_prefix,
+            acc.refund_at,
+            acc._refund_prefix,
+            subscriptions,
+            acc._first_subscription_at,
+            acc._invoices,
+            acc._tickets,
+            acc._nps,
+            acc._web_at,
+            acc._traits,
+            acc.score,
+            acc.score_at,
+            acc.anchored,
+        ) = raw
+        acc._subscriptions = {sid: (kind, at) for sid, (kind, at) in subscriptions.items()}
+        return acc
+
     def add(self, i: Input) -> None:
         self._static = None
         kind, d = i.kind, i.data

@@ -29,7 +29,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from clm_stage_engine.domain.facts import ANCHORS, Accumulator, to_json
+from clm_stage_engine.domain.facts import Accumulator, to_json
 from clm_stage_engine.domain.inputs import US_PER_DAY, Input
 from clm_stage_engine.domain.model import CompiledModel
 
@@ -84,7 +84,6 @@ class Outcome:
 @dataclass
 class Timeline:
     customer: str
-    inputs: list[Input] = field(default_factory=list)
     history: list[Transition] = field(default_factory=list)
     evaluated_until: int | None = None
     # The next tick the timer must evaluate (None: time alone cannot move the customer);
@@ -92,8 +91,24 @@ class Timeline:
     due_at: int | None = None
     # Facts at the latest evaluation point (with datetimes), for the queryable columns.
     last_facts: dict[str, Any] | None = field(default=None, repr=False)
-    # Keys of the inputs, built when new inputs arrive (a timer tick never needs them).
+    # Every input folded in order. Every input is at or before the clock, so with the
+    # fold an input after the clock (events arriving in order) or a timer tick is added
+    # to it: the cost of an event does not grow with the customer's timeline. None: not
+    # known yet (a timeline stored without it); the next full replay builds it.
+    folded: Accumulator | None = field(default=None, repr=False)
+    # The inputs as stored (JSON lists); made into Input objects only when a late input,
+    # a model change or a reader needs them all.
+    _raw: list[list[Any]] = field(default_factory=list, repr=False)
+    _inputs: list[Input] | None = field(default=None, repr=False)
+    # Keys of the inputs, built when a late input arrives.
     _keys: set[tuple[str, str]] | None = field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> list[Input]:
+        """Every input, in (time, source, id) order."""
+        if self._inputs is None:
+            self._inputs = [Input.from_json(raw) for raw in self._raw]
+        return self._inputs
 
     @property
     def stage(self) -> str | None:
@@ -103,17 +118,31 @@ class Timeline:
     def since(self) -> int | None:
         return self.history[-1].at if self.history else None
 
+    def fold(self) -> Accumulator:
+        """The fold of every input (built from them if it was not stored)."""
+        if self.folded is None:
+            self.folded = Accumulator()
+            for i in self.inputs:
+                self.folded.add(i)
+        return self.folded
+
     def to_json(self) -> dict[str, Any]:
-        """Inputs and history; the clock is stored next to it (it changes far more often)."""
-        return {"i": [i.to_json() for i in self.inputs], "h": [t.compact() for t in self.history]}
+        """Inputs, history and the fold; the clock is stored next to it (it changes far
+        more often)."""
+        raw = self._raw if self._inputs is None else [i.to_json() for i in self._inputs]
+        out: dict[str, Any] = {"i": raw, "h": [t.compact() for t in self.history]}
+        if self.folded is not None:
+            out["a"] = self.folded.to_json()
+        return out
 
     @classmethod
     def from_json(cls, customer: str, raw: dict[str, Any], evaluated_until: int | None) -> Timeline:
         return cls(
             customer,
-            [Input.from_json(i) for i in raw["i"]],
             [Transition.from_compact(t) for t in raw["h"]],
             evaluated_until,
+            folded=Accumulator.from_json(raw["a"]) if "a" in raw else None,
+            _raw=raw["i"],
         )
 
 
@@ -133,25 +162,38 @@ def advance(
     tick). `quiet_until`: the stored due time when it was found under this model from the
     same inputs; the ticks before it are not evaluated again, and the probe goes twice as
     far as the span they covered."""
-    fresh: list[Input] = []
-    if new_inputs:
-        if tl._keys is None:
-            tl._keys = {i.key for i in tl.inputs}
-        keys = tl._keys
-        for i in new_inputs:
-            if i.key not in keys:
-                keys.add(i.key)
-                fresh.append(i)
-    if fresh:
-        tl.inputs.extend(fresh)
-        tl.inputs.sort(key=lambda i: i.order)
     until = tl.evaluated_until
+    acc: Accumulator | None = None
+    if tl.folded is not None and until is not None and all(i.at > until for i in new_inputs):
+        # Stored inputs are all at or before the clock, so none of these can repeat one:
+        # only repeats within the batch are dropped, and the fold takes them from here.
+        fresh = sorted({i.key: i for i in new_inputs}.values(), key=lambda i: i.order)
+        if tl._keys is not None:
+            tl._keys.update(i.key for i in fresh)
+        if tl._inputs is not None:
+            tl._inputs.extend(fresh)
+        else:
+            tl._raw.extend(i.to_json() for i in fresh)
+        acc = tl.folded
+    else:
+        fresh = []
+        if new_inputs:
+            if tl._keys is None:
+                tl._keys = {i.key for i in tl.inputs}
+            keys = tl._keys
+            for i in new_inputs:
+                if i.key not in keys:
+                    keys.add(i.key)
+                    fresh.append(i)
+        if fresh:
+            tl.inputs.extend(fresh)
+            tl.inputs.sort(key=lambda i: i.order)
     candidates = [c for c in (until, clock, *(i.at for i in fresh)) if c is not None]
     if not candidates:
         return Outcome(len(tl.history), [], [], bool(fresh))
     target = max(candidates)
     if not fresh and until is not None and target <= until:
-        tl.due_at = next_tick(until) if _anchored(tl.inputs) else None
+        tl.due_at = next_tick(until) if tl.fold().anchored else None
         return Outcome(len(tl.history), [], [], False)
 
     earliest = min((i.at for i in fresh), default=None)
@@ -178,8 +220,11 @@ def advance(
             keep -= 1
     old_tail = tl.history[keep:]
     del tl.history[keep:]
-    failures, acc = _replay(tl, model, lo, inclusive, target)
-    tl.evaluated_until = target
+    if acc is None:  # a late input or no fold yet: replay every input
+        failures, acc = _replay(tl, model, Accumulator(), tl.inputs, lo, inclusive, target)
+    else:
+        failures, acc = _replay(tl, model, acc, fresh, lo, inclusive, target)
+    tl.evaluated_until, tl.folded = target, acc  # target >= every input: acc folds them all
     tl.due_at = _due(tl, model, acc, look_ahead)
     new_tail = tl.history[keep:]
     # A replay usually rebuilds most of what it dropped: only the difference is news.
@@ -190,10 +235,6 @@ def advance(
     ):
         common += 1
     return Outcome(keep + common, old_tail[common:], new_tail[common:], bool(fresh), failures)
-
-
-def _anchored(inputs: list[Input]) -> bool:
-    return any(i.kind in ANCHORS for i in inputs)
 
 
 def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) -> int | None:
@@ -218,9 +259,16 @@ def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) 
 
 
 def _replay(
-    tl: Timeline, model: CompiledModel, lo: int | None, inclusive: bool, target: int
+    tl: Timeline,
+    model: CompiledModel,
+    acc: Accumulator,
+    inputs: list[Input],
+    lo: int | None,
+    inclusive: bool,
+    target: int,
 ) -> tuple[list[str], Accumulator]:
-    acc = Accumulator()
+    """Evaluate from `lo` to `target`: `inputs` (sorted) are folded into `acc`, those in
+    the range also evaluated."""
     failures: list[str] = []
     stage, since = tl.stage, tl.since
 
@@ -244,7 +292,7 @@ def _replay(
     tick: int | None = None
     if lo is not None:
         tick = lo if inclusive and lo % TICK == 0 else next_tick(lo)
-    for i in tl.inputs:
+    for i in inputs:
         if not in_range(i.at):
             acc.add(i)
             continue
@@ -272,11 +320,7 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
     """Evaluate the customer under a new model as of `clock` (the time of the change);
     a different stage is a `model_change` transition."""
     at = max(clock, tl.evaluated_until or clock)
-    acc = Accumulator()
-    for i in tl.inputs:
-        if i.at > at:
-            break
-        acc.add(i)
+    acc = tl.fold()  # every input is at or before the clock
     facts = acc.facts(at)
     tl.last_facts = facts
     since = tl.since
