@@ -13,6 +13,8 @@ then measures (all in this process, one instance):
                 after midnight with the service's timer settings
   all due       the same customers all due at once (after a backfill or a restore):
                 every one is evaluated
+  long history  CPU per in-order event for a customer with 5, 1,000 and 10,000 stored
+                inputs (domain code and row encoding; no database)
 Ratios are against the raw consume rate of the same run. Event rates are also given per
 CPU second of this process (steadier on a shared machine); the group join before the
 first batch is not timed. The full run sweeps 1M customers; --quick sweeps 20k and
@@ -50,7 +52,7 @@ from clm_stage_engine import models
 from clm_stage_engine.domain.inputs import PURCHASE, Input, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, compile_model
 from clm_stage_engine.domain.timeline import Timeline, advance
-from clm_stage_engine.handlers import StageEngine
+from clm_stage_engine.handlers import StageEngine, load_timeline
 from clm_stage_engine.timers import TimerLoop
 
 BATCH = 500
@@ -243,7 +245,7 @@ def _templates(now: datetime, steady: bool) -> list[tuple[Any, ...]]:
 
 async def seed(url: str, customers: int, now: datetime, *, steady: bool) -> str:
     """Customers built from the templates (rows loaded with COPY); returns their id
-    prefix."""
+    prefix. Their input rows are left out: a sweep reads only the stored fold."""
     prefix = "steady-" if steady else "due-"
     templates = _templates(now, steady)
     engine = db.create_engine(url)
@@ -297,6 +299,36 @@ async def sweep(
     return elapsed, cpu, swept, int(moved or 0)
 
 
+def history_cost(sizes: tuple[int, ...] = (5, 1_000, 10_000)) -> list[tuple[int, float]]:
+    """CPU ms per in-order event for a customer with `size` stored inputs (page views, a
+    purchase in every 20): load the stored row, advance, encode the row to store. The
+    database's share is one row read and written either way."""
+    model = compile_model(DEFAULT_MODEL, 1)
+    engine = StageEngine(Topics("x."))
+    t0, step = to_us(datetime(2025, 1, 1, tzinfo=UTC)), 600_000_000  # one every 10 min
+    out = []
+    for size in sizes:
+        tl = Timeline("c")
+        history = [
+            Input(t0 + k * step, "shop", f"e{k}", PURCHASE, {"amount": 10.0})
+            if k % 20 == 0
+            else Input(t0 + k * step, "shop", f"e{k}", "web.page_viewed", {})
+            for k in range(size)
+        ]
+        advance(tl, model, history)
+        stored = (engine._row(tl, 1, None, None).timeline, from_us(tl.evaluated_until or 0))
+        reps = 200
+        cpu = time.process_time()
+        for r in range(reps):
+            tl = load_timeline("c", stored)
+            assert not tl.needs_inputs([])  # in order: the stored inputs are not read
+            arriving = Input(t0 + (size + r) * step, "shop", f"n{r}", "web.page_viewed", {})
+            advance(tl, model, [arriving])
+            engine._row(tl, 1, None, None)
+        out.append((size, (time.process_time() - cpu) / reps * 1000))
+    return out
+
+
 async def main(quick: bool) -> None:
     n = 20_000 if quick else 200_000
     due = 20_000 if quick else 1_000_000
@@ -330,6 +362,7 @@ async def main(quick: bool) -> None:
             prefix = await seed(url, due, now, steady=False)
             every = await sweep(url, topics, prefix, now)
             assert every[2] >= due, every
+            long = history_cost()
         finally:
             broker.stop()
             pg.stop()
@@ -356,6 +389,10 @@ async def main(quick: bool) -> None:
         print(f"{'  CPU of this process':<34}{cpu:>14.1f} s")
         print(f"{'  per 1M customers' + note:<34}{secs * scale:>14.1f} s")
     print(f"{'stage engine vs goal 20k ev/s':<34}{rate / 20_000:>15.2f}x")
+    base = long[0][1]
+    for size, ms in long:
+        label = f"per event, {size:,} stored inputs"
+        print(f"{label:<34}{ms:>11.3f} ms CPU{ms / base:>11.1f}x the {long[0][0]}-input cost")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import Stage
 from clm_stage_engine import repository as repo
-from clm_stage_engine.domain.facts import facts_at, to_json
-from clm_stage_engine.domain.inputs import SCORE, from_us, to_us
+from clm_stage_engine.domain.facts import to_json
+from clm_stage_engine.domain.inputs import from_us, to_us
 from clm_stage_engine.domain.model import VARIABLES, ModelError, ModelSpec, Rule, compile_model
 from clm_stage_engine.domain.timeline import reevaluate
-from clm_stage_engine.handlers import load_timeline
+from clm_stage_engine.handlers import load_timelines
 
 router = APIRouter(prefix="/v1")
 CustomerId = Annotated[str, Path(min_length=1, max_length=256)]
@@ -43,11 +43,13 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
     """Stage, since when, the facts as of now, and the latest scores."""
     async with _sessions(request)() as session:
         row = await repo.get_customer(session, customer_id)
-    if row is None:
-        raise HTTPException(404, f"no customer '{customer_id}'")
-    tl = load_timeline(customer_id, (row.timeline, row.evaluated_until))
+        if row is None:
+            raise HTTPException(404, f"no customer '{customer_id}'")
+        stored = {customer_id: (row.timeline, row.evaluated_until)}
+        tl = (await load_timelines(session, stored))[customer_id]
+    acc = tl.fold()  # every input, as of the clock
     now = max(to_us(datetime.now(UTC)), tl.evaluated_until or 0)
-    score = next((i for i in reversed(tl.inputs) if i.kind == SCORE and i.at <= now), None)
+    score = acc.score
     return {
         "customer_id": customer_id,
         "stage": row.stage,
@@ -57,8 +59,8 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         # could move them, or a re-check where its look-ahead ended; null if time cannot.
         "next_check_at": _iso(row.due_at),
         "model_version": row.model_version,
-        "facts": to_json(facts_at(tl.inputs, now)),
-        "scores": {**score.data, "updated_at": _iso(from_us(score.at))} if score else None,
+        "facts": to_json(acc.facts(now)),
+        "scores": {**score, "updated_at": _iso(from_us(acc.score_at or 0))} if score else None,
     }
 
 
@@ -289,8 +291,8 @@ async def dry_run_model(
             page = await repo.page_of_customers(
                 session, after, min(DRY_RUN_PAGE, max_customers - evaluated)
             )
-        for customer, stored in page.items():
-            tl = load_timeline(customer, stored)
+            timelines = await load_timelines(session, dict(page))
+        for tl in timelines.values():
             before = tl.stage
             for t in reevaluate(tl, draft, clock).added:
                 moves[(before, t.to_stage)] = moves.get((before, t.to_stage), 0) + 1

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,26 @@ def load_timeline(customer: str, stored: tuple[bytes, datetime | None] | None) -
         return Timeline(customer)
     blob, until = stored
     return Timeline.from_json(customer, json.loads(blob.decode()), to_us(until) if until else None)
+
+
+async def load_timelines(
+    session: AsyncSession,
+    stored: Mapping[str, tuple[bytes, datetime | None] | None],
+    new_inputs: dict[str, list[Input]] | None = None,
+) -> dict[str, Timeline]:
+    """Timelines of these customers, with their stored inputs read only where the
+    coming step needs them (a late input, or a timeline without its fold)."""
+    timelines = {cid: load_timeline(cid, row) for cid, row in stored.items()}
+    need = [
+        cid
+        for cid, tl in timelines.items()
+        if tl.needs_inputs(new_inputs.get(cid, []) if new_inputs else [])
+    ]
+    if need:
+        found = await repo.load_inputs(session, need)
+        for cid in need:
+            timelines[cid].load_inputs([json.loads(raw) for raw in found.get(cid, [])])
+    return timelines
 
 
 class Models:
@@ -98,7 +118,7 @@ class StageEngine:
         written = await self._process(
             session,
             model,
-            stored | dict.fromkeys(new),
+            await load_timelines(session, stored | dict.fromkeys(new), by_customer),
             lambda tl: advance(tl, model, by_customer[tl.customer], clock),
             publish=publish,
             new=new,
@@ -116,7 +136,7 @@ class StageEngine:
         await self._process(
             session,
             model,
-            dict(stored),
+            await load_timelines(session, dict(stored)),
             lambda tl: advance(
                 tl, model, [], clock, look_ahead=ahead, quiet_until=quiet.get(tl.customer)
             ),
@@ -135,7 +155,7 @@ class StageEngine:
         await self._process(
             session,
             model,
-            dict(stored),
+            await load_timelines(session, dict(stored)),
             # One probe: every customer at once; later re-checks probe further.
             lambda tl: reevaluate(tl, model, clock, look_ahead=min(1, self.look_ahead)),
             full=True,
@@ -150,7 +170,7 @@ class StageEngine:
         self,
         session: AsyncSession,
         model: CompiledModel,
-        stored: dict[str, tuple[bytes, datetime | None] | None],
+        timelines: dict[str, Timeline],
         step: Callable[[Timeline], Outcome],
         *,
         publish: bool = True,
@@ -162,11 +182,13 @@ class StageEngine:
         truncate: list[tuple[str, int]] = []
         history: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []
+        inputs: list[tuple[str, str, str, int, bytes]] = []
         failures: Counter[str] = Counter()
         moves: Counter[tuple[str, str, str]] = Counter()
-        for cid in sorted(stored):  # domain code: one customer at a time
-            tl = load_timeline(cid, stored[cid])
+        for cid in sorted(timelines):  # domain code: one customer at a time
+            tl = timelines[cid]
             out = step(tl)
+            inputs += [(cid, i.source, i.id, i.at, _json(i.to_json())) for i in out.fresh]
             failures.update(out.rule_failures)
             until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None
             due = tl.due_at
@@ -184,6 +206,7 @@ class StageEngine:
                 if publish and tid not in retracted:
                     outbox.append(self._outbox_row(cid, tid, t))
                     moves[(t.from_stage or "none", t.to_stage, t.cause)] += 1
+        await repo.add_inputs(session, inputs)
         await repo.save_customers(session, rows)
         await repo.save_clocks(session, clocks)
         await repo.replace_transitions(session, truncate, history)
@@ -212,7 +235,7 @@ class StageEngine:
             clv=f["clv"],
             churn_probability=f["churn_probability"],
             latest_nps=f["latest_nps"],
-            timeline=json.dumps(tl.to_json(), separators=(",", ":")).encode(),
+            timeline=_json(tl.to_json()),
         )
 
     def _outbox_row(self, customer: str, tid: str, t: Transition) -> dict[str, Any]:
@@ -223,6 +246,10 @@ class StageEngine:
             "headers": _HEADERS,
             "event_id": tid,
         }
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _rfc3339(us: int) -> str:

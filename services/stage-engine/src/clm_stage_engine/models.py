@@ -10,9 +10,9 @@ metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
 
-# One row per customer. `timeline` holds the customer's inputs and compact stage history
-# (JSON, see domain.timeline.Timeline.to_json); the columns next to it are what queries
-# filter or aggregate on.
+# One row per customer. `timeline` holds the customer's compact stage history and the fold
+# of their inputs (JSON, see domain.timeline.Timeline.to_json); the columns next to it
+# are what queries filter or aggregate on.
 customers = sa.Table(
     "customers",
     metadata,
@@ -32,6 +32,18 @@ customers = sa.Table(
     sa.Index("ix_customers_due_at", "due_at", postgresql_where=sa.text("due_at IS NOT NULL")),
     sa.Index("ix_customers_model_version", "model_version"),
     sa.Index("ix_customers_stage", "stage"),
+)
+
+# Every input of every customer, one row each, written once: an event in order only adds
+# its row, and only a late event (which replays the customer's history) reads them back.
+inputs = sa.Table(
+    "inputs",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("at", sa.BigInteger, nullable=False),  # event time, µs since the epoch
+    sa.Column("input", sa.LargeBinary, nullable=False),  # JSON, domain.inputs.Input.to_json
 )
 
 transitions = sa.Table(

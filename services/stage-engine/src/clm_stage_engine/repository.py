@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_stage_engine.domain.inputs import to_us
-from clm_stage_engine.models import customers, lifecycle_models, outbox, transitions
+from clm_stage_engine.models import customers, inputs, lifecycle_models, outbox, transitions
 
 _MODEL_LOCK = zlib.crc32(b"clm-stage-engine:lifecycle-model")
 
@@ -109,6 +109,36 @@ async def lock_customers(session: AsyncSession, ids: Sequence[str]) -> Stored:
 _LOCK_CUSTOMERS = (
     f"SELECT customer_id, timeline, evaluated_until FROM {customers.fullname} "
     "WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
+)
+
+
+async def load_inputs(session: AsyncSession, ids: Sequence[str]) -> dict[str, list[bytes]]:
+    """The stored inputs (JSON) of these customers, in no particular order."""
+    rows = await (await _driver(session)).fetch(_LOAD_INPUTS, list(ids))
+    found: dict[str, list[bytes]] = {}
+    for customer_id, raw in rows:
+        found.setdefault(customer_id, []).append(raw)
+    return found
+
+
+_LOAD_INPUTS = (
+    f"SELECT customer_id, input FROM {inputs.fullname} WHERE customer_id = ANY($1::text[])"
+)
+
+
+async def add_inputs(
+    session: AsyncSession, rows: Sequence[tuple[str, str, str, int, bytes]]
+) -> None:
+    """(customer, source, id, at µs, input JSON) of inputs not stored before."""
+    if rows:
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        await (await _driver(session)).execute(_ADD_INPUTS, *columns)
+
+
+_ADD_INPUTS = (
+    f"INSERT INTO {inputs.fullname} (customer_id, source, event_id, at, input) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[]) "
+    "ON CONFLICT DO NOTHING"
 )
 
 

@@ -73,8 +73,12 @@ class Outcome:
     kept: int  # history positions [0, kept) are unchanged
     dropped: list[Transition]  # old positions >= kept, replaced by `added`
     added: list[Transition]
-    inputs_changed: bool
+    fresh: list[Input]  # inputs not seen before, to be stored
     rule_failures: list[str] = field(default_factory=list)
+
+    @property
+    def inputs_changed(self) -> bool:
+        return bool(self.fresh)
 
     @property
     def history_changed(self) -> bool:
@@ -94,11 +98,11 @@ class Timeline:
     # Every input folded in order. Every input is at or before the clock, so with the
     # fold an input after the clock (events arriving in order) or a timer tick is added
     # to it: the cost of an event does not grow with the customer's timeline. None: not
-    # known yet (a timeline stored without it); the next full replay builds it.
+    # known yet (a timeline stored without it); a full replay builds it.
     folded: Accumulator | None = field(default=None, repr=False)
-    # The inputs as stored (JSON lists); made into Input objects only when a late input,
-    # a model change or a reader needs them all.
-    _raw: list[list[Any]] = field(default_factory=list, repr=False)
+    # The inputs (JSON lists, in order), stored apart from the timeline: None until
+    # loaded, which only a late input or a missing fold needs (see needs_inputs).
+    _raw: list[list[Any]] | None = field(default_factory=list, repr=False)
     _inputs: list[Input] | None = field(default=None, repr=False)
     # Keys of the inputs, built when a late input arrives.
     _keys: set[tuple[str, str]] | None = field(default=None, repr=False)
@@ -107,8 +111,22 @@ class Timeline:
     def inputs(self) -> list[Input]:
         """Every input, in (time, source, id) order."""
         if self._inputs is None:
+            if self._raw is None:
+                raise RuntimeError(f"the inputs of {self.customer} were not loaded")
             self._inputs = [Input.from_json(raw) for raw in self._raw]
         return self._inputs
+
+    def needs_inputs(self, new_inputs: list[Input]) -> bool:
+        """Whether advancing with these inputs needs the stored inputs loaded: without a
+        fold, or for an input at or before the clock (a late one, or a repeat)."""
+        if self._raw is not None:
+            return False
+        until = self.evaluated_until
+        return self.folded is None or (until is not None and any(i.at <= until for i in new_inputs))
+
+    def load_inputs(self, raw: list[list[Any]]) -> None:
+        self._raw = sorted(raw, key=lambda r: (r[0], r[1], r[2]))
+        self._inputs = None
 
     @property
     def stage(self) -> str | None:
@@ -127,13 +145,9 @@ class Timeline:
         return self.folded
 
     def to_json(self) -> dict[str, Any]:
-        """Inputs, history and the fold; the clock is stored next to it (it changes far
-        more often)."""
-        raw = self._raw if self._inputs is None else [i.to_json() for i in self._inputs]
-        out: dict[str, Any] = {"i": raw, "h": [t.compact() for t in self.history]}
-        if self.folded is not None:
-            out["a"] = self.folded.to_json()
-        return out
+        """History and the fold; the inputs and the clock are stored apart (the inputs
+        grow, the clock changes far more often)."""
+        return {"h": [t.compact() for t in self.history], "a": self.fold().to_json()}
 
     @classmethod
     def from_json(cls, customer: str, raw: dict[str, Any], evaluated_until: int | None) -> Timeline:
@@ -142,7 +156,7 @@ class Timeline:
             [Transition.from_compact(t) for t in raw["h"]],
             evaluated_until,
             folded=Accumulator.from_json(raw["a"]) if "a" in raw else None,
-            _raw=raw["i"],
+            _raw=None,
         )
 
 
@@ -172,7 +186,7 @@ def advance(
             tl._keys.update(i.key for i in fresh)
         if tl._inputs is not None:
             tl._inputs.extend(fresh)
-        else:
+        elif tl._raw is not None:
             tl._raw.extend(i.to_json() for i in fresh)
         acc = tl.folded
     else:
@@ -190,11 +204,11 @@ def advance(
             tl.inputs.sort(key=lambda i: i.order)
     candidates = [c for c in (until, clock, *(i.at for i in fresh)) if c is not None]
     if not candidates:
-        return Outcome(len(tl.history), [], [], bool(fresh))
+        return Outcome(len(tl.history), [], [], fresh)
     target = max(candidates)
     if not fresh and until is not None and target <= until:
         tl.due_at = next_tick(until) if tl.fold().anchored else None
-        return Outcome(len(tl.history), [], [], False)
+        return Outcome(len(tl.history), [], [], [])
 
     earliest = min((i.at for i in fresh), default=None)
     if until is not None and earliest is not None and earliest <= until:
@@ -234,7 +248,7 @@ def advance(
         and old_tail[common].compact() == new_tail[common].compact()
     ):
         common += 1
-    return Outcome(keep + common, old_tail[common:], new_tail[common:], bool(fresh), failures)
+    return Outcome(keep + common, old_tail[common:], new_tail[common:], fresh, failures)
 
 
 def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) -> int | None:
@@ -335,4 +349,4 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
         )
         tl.history.extend(added)
     tl.due_at = _due(tl, model, acc, look_ahead)
-    return Outcome(keep, [], added, False, failed)
+    return Outcome(keep, [], added, [], failed)
