@@ -194,6 +194,17 @@ def test_the_timer_looks_ahead_to_the_first_tick_that_can_move_the_customer() ->
     assert stages(short) == [(None, "onboarding", "event")]
 
 
+def test_a_repeat_of_a_stored_event_leaves_the_due_time_the_timer_found() -> None:
+    tl = run([buy(0, "o1")], until_days=0)
+    advance(tl, MODEL, [], at(1), look_ahead=400)
+    found = tl.due_at
+    out = advance(tl, MODEL, [buy(0, "o1")])  # redelivered
+    assert not out.touched and not out.fresh and tl.due_at == found
+    # A new event still resets it to the next midnight.
+    advance(tl, MODEL, [buy(2, "o2")])
+    assert tl.due_at == to_us(datetime(2025, 1, 4, tzinfo=UTC))
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [

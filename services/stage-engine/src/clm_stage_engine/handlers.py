@@ -188,6 +188,8 @@ class StageEngine:
         for cid in sorted(timelines):  # domain code: one customer at a time
             tl = timelines[cid]
             out = step(tl)
+            if not out.touched:
+                continue
             inputs += [(cid, i.source, i.id, i.at, _json(i.to_json())) for i in out.fresh]
             failures.update(out.rule_failures)
             until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None

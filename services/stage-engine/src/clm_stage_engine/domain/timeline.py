@@ -75,6 +75,9 @@ class Outcome:
     added: list[Transition]
     fresh: list[Input]  # inputs not seen before, to be stored
     rule_failures: list[str] = field(default_factory=list)
+    # False: only repeats of stored inputs and no later clock; nothing to store, and the
+    # stored due time (found by the timer's look-ahead) stands.
+    touched: bool = True
 
     @property
     def inputs_changed(self) -> bool:
@@ -207,6 +210,8 @@ def advance(
         return Outcome(len(tl.history), [], [], fresh)
     target = max(candidates)
     if not fresh and until is not None and target <= until:
+        if new_inputs:
+            return Outcome(len(tl.history), [], [], [], touched=False)
         tl.due_at = next_tick(until) if tl.fold().anchored else None
         return Outcome(len(tl.history), [], [], [])
 
