@@ -114,6 +114,15 @@ def test_a_missing_template_field_is_an_error_not_an_empty_string() -> None:
         compile_template("{{ customer.traits.email }}").render({"customer": {"traits": {}}})
 
 
+def test_templates_see_jinja_globals_on_every_render() -> None:
+    t = compile_template(
+        "{% set ns = namespace(n=0) %}{% for p in customer.recent_purchases %}"
+        "{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}/{{ range(3) | list | length }}"
+    )
+    for purchases in ([], [{}, {}]):
+        assert t.render({"customer": {"recent_purchases": purchases}}) == f"{len(purchases)}/3"
+
+
 def test_validation_names_unknown_stages_and_channels() -> None:
     with pytest.raises(ValidationError) as caught:
         definition(on={"kind": "transition", "to_stage": "zombie"})
@@ -164,6 +173,12 @@ def test_render_personalises_from_the_projection() -> None:
     assert rendered.target == {"to": "ada@example.com", "subject": "Hi Ada"}
     assert rendered.payload == "at_risk o1"
     assert condition_context(state, occasion)["facts"]["email"] == "ada@example.com"
+    # A condition is given only the variables it reads, with the same values.
+    full = condition_context(state, occasion)
+    assert condition_context(state, occasion, ["facts", "event"]) == {
+        "facts": full["facts"],
+        "event": full["event"],
+    }
 
 
 def test_a_late_transition_fires_but_does_not_overwrite_a_newer_stage() -> None:

@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 from clm_campaigns import metrics
 from clm_campaigns.config import Settings
 from clm_campaigns.domain.network import Network, parse_networks, refusal
+from clm_campaigns.domain.triggers import literal_address
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class WebhookSender:
         self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
         self._connections = settings.dispatch_concurrency
         self._client: aiohttp.ClientSession | None = None  # needs a running loop
+        self._passed: set[str] = set()  # URLs naming an address that check_target allowed
+        self._seconds: dict[bool, Any] = {}  # DELIVERY_SECONDS children, by outcome.ok
 
     @property
     def allowed(self) -> list[Network]:
@@ -79,17 +82,31 @@ class WebhookSender:
     ) -> Outcome:
         started = time.perf_counter()
         outcome = await self._send(action_id, target, payload, secret)
-        metrics.DELIVERY_SECONDS.labels("webhook", "ok" if outcome.ok else "error").observe(
-            time.perf_counter() - started
-        )
+        histogram = self._seconds.get(outcome.ok)
+        if histogram is None:  # a labels() lookup per send cost as much as the observation
+            histogram = self._seconds[outcome.ok] = metrics.DELIVERY_SECONDS.labels(
+                "webhook", "ok" if outcome.ok else "error"
+            )
+        histogram.observe(time.perf_counter() - started)
         return outcome
+
+    async def _check(self, url: str) -> None:
+        """check_target, once per URL that names an IP address: its answer cannot change.
+        A host name is resolved and checked on every send (its addresses can change)."""
+        if url in self._passed:
+            return
+        await check_target(url, self._allowed)
+        if literal_address(url) is not None:
+            if len(self._passed) >= 1024:  # URLs come from triggers: few, but bounded
+                self._passed.clear()
+            self._passed.add(url)
 
     async def _send(
         self, action_id: str, target: dict[str, Any], payload: str, secret: str | None
     ) -> Outcome:
         url = str(target["url"])
         try:
-            await check_target(url, self._allowed)
+            await self._check(url)
         except SsrfRefused as exc:
             return Outcome(False, str(exc), retryable=False)
         except OSError as exc:  # DNS failure: may be temporary

@@ -127,7 +127,7 @@ class Campaigns:
                 purchases.append((e.subject, e.time))
             for trigger in compiled:
                 if fires_on(trigger, occasion) and trigger.condition.matches(
-                    condition_context(state, occasion)
+                    condition_context(state, occasion, trigger.condition.reads)
                 ):
                     row = self._action(trigger, state, occasion, contacts, now)
                     rows.append(row)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_campaigns.domain.policy import PastContact
@@ -18,6 +19,49 @@ from clm_campaigns.models import actions, customers, trigger_versions, triggers
 # Statuses that count as contacting the customer (for caps and cooldowns).
 CONTACT_STATUSES = ("pending", "sending", "delivered")
 FINAL_STATUSES = ("delivered", "failed", "suppressed", "held_out")
+FINISH_COLUMNS = ("id", "status", "due_at", "delivered_at", "last_error")
+
+
+# --- many rows in one statement -------------------------------------------------------
+# A batch's rows go as one array per column, unnested by the server: one statement and a
+# handful of parameters for any batch size. As executemany, SQLAlchemy built and
+# converted every row's parameters one by one, a large share of the service's CPU.
+
+
+def _array_param(column: sa.Column[Any]) -> sa.BindParameter[Any]:
+    """`:b_<column>`, an array of the column's values; JSONB goes as text (serialised as
+    SQLAlchemy's own JSONB binding would, see `_arrays`) for the server to cast."""
+    name = f"b_{column.name}"  # a column's own name is reserved in INSERT and UPDATE
+    return sa.bindparam(name, type_=ARRAY(sa.Text if _json(column) else column.type))
+
+
+def _json(column: sa.Column[Any]) -> bool:
+    return isinstance(column.type, JSONB)
+
+
+def _unnested(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    values = sa.func.unnest(_array_param(column))
+    return sa.cast(values, JSONB) if _json(column) else values
+
+
+def _insert_arrays(table: sa.Table, names: Sequence[str]) -> Any:
+    """INSERT INTO table (names) SELECT unnest(:b_name1), unnest(:b_name2), ..."""
+    return insert(table).from_select(
+        list(names), sa.select(*(_unnested(table.c[n]) for n in names))
+    )
+
+
+def _arrays(
+    table: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters of `_insert_arrays`: one list per column."""
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        values = [r[name] for r in rows]
+        if _json(table.c[name]):
+            values = [json.dumps(v) for v in values]
+        out[f"b_{name}"] = values
+    return out
 
 
 # --- triggers -------------------------------------------------------------------------
@@ -149,12 +193,17 @@ async def list_versions(session: AsyncSession, trigger_id: str) -> list[dict[str
     return [dict(r._mapping) for r in rows]
 
 
+# The statements a consumed batch or a dispatch pass runs are built once: building one
+# (and its cache key) per call cost more CPU than running it.
+_ENABLED_TRIGGERS = (
+    sa.select(triggers.c.id, triggers.c.version, triggers.c.definition)
+    .where(triggers.c.enabled.is_(True), triggers.c.deleted_at.is_(None))
+    .order_by(triggers.c.id)
+)
+
+
 async def enabled_triggers(session: AsyncSession) -> list[tuple[str, int, dict[str, Any]]]:
-    rows = await session.execute(
-        sa.select(triggers.c.id, triggers.c.version, triggers.c.definition)
-        .where(triggers.c.enabled.is_(True), triggers.c.deleted_at.is_(None))
-        .order_by(triggers.c.id)
-    )
+    rows = await session.execute(_ENABLED_TRIGGERS)
     return [(r.id, r.version, r.definition) for r in rows]
 
 
@@ -179,10 +228,16 @@ async def load_customers(
 ) -> dict[str, CustomerState]:
     """Customers of a batch, locked so two consumers (a rebalance overlap) cannot
     interleave their read-modify-write of the same customer."""
-    stmt = sa.select(customers).where(customers.c.customer_id.in_(customer_ids))
-    if lock:
-        stmt = stmt.order_by(customers.c.customer_id).with_for_update()
-    return {r.customer_id: _state(r) for r in await session.execute(stmt)}
+    stmt = _LOCK_CUSTOMERS if lock else _LOAD_CUSTOMERS
+    rows = await session.execute(stmt, {"ids": list(customer_ids)})
+    return {r.customer_id: _state(r) for r in rows}
+
+
+# = ANY(array): one statement text for any number of ids, where IN (...) rendered (and the
+# server prepared) a new one for each batch size.
+_IDS = sa.any_(sa.bindparam("ids", type_=ARRAY(sa.Text)))
+_LOAD_CUSTOMERS = sa.select(customers).where(customers.c.customer_id == _IDS)
+_LOCK_CUSTOMERS = _LOAD_CUSTOMERS.order_by(customers.c.customer_id).with_for_update()
 
 
 async def get_customer(session: AsyncSession, customer_id: str) -> CustomerState | None:
@@ -205,23 +260,29 @@ async def save_customers(session: AsyncSession, states: Iterable[CustomerState])
     ]
     if not rows:
         return
-    stmt = insert(customers)
-    stmt = stmt.on_conflict_do_update(
+    # Sorted: concurrent batches then lock rows in the same order (no deadlock).
+    rows.sort(key=lambda r: str(r["customer_id"]))
+    await session.execute(_SAVE_CUSTOMERS, _arrays(customers, CUSTOMER_COLUMNS, rows))
+
+
+CUSTOMER_COLUMNS = (
+    "customer_id", "stage", "stage_at", "traits", "facts", "scores", "scores_at",
+    "recent_purchases",
+)  # fmt: skip
+
+
+def _save_customers() -> Any:
+    stmt = _insert_arrays(customers, CUSTOMER_COLUMNS)
+    return stmt.on_conflict_do_update(
         index_elements=[customers.c.customer_id],
         set_={
-            **{k: stmt.excluded[k] for k in rows[0] if k != "customer_id"},
+            **{k: stmt.excluded[k] for k in CUSTOMER_COLUMNS if k != "customer_id"},
             "updated_at": sa.func.now(),
         },
     )
-    # Sorted: concurrent batches then lock rows in the same order (no deadlock).
-    rows.sort(key=lambda r: str(r["customer_id"]))
-    for chunk in _chunks(rows, 1000):
-        await session.execute(stmt, chunk)
 
 
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]
+_SAVE_CUSTOMERS = _save_customers()
 
 
 # --- actions --------------------------------------------------------------------------
@@ -230,23 +291,35 @@ def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, An
 async def recent_contacts(
     session: AsyncSession, customer_ids: Sequence[str], since: datetime
 ) -> dict[str, list[PastContact]]:
-    a = actions
-    rows = await session.execute(
-        sa.select(a.c.customer_id, a.c.trigger_id, a.c.created_at).where(
-            a.c.customer_id.in_(customer_ids),
-            a.c.created_at >= since,
-            a.c.status.in_(CONTACT_STATUSES),
-        )
-    )
+    rows = await session.execute(_RECENT_CONTACTS, {"ids": list(customer_ids), "since": since})
     out: dict[str, list[PastContact]] = {}
     for r in rows:
         out.setdefault(r.customer_id, []).append(PastContact(r.trigger_id, r.created_at))
     return out
 
 
+_RECENT_CONTACTS = sa.select(
+    actions.c.customer_id, actions.c.trigger_id, actions.c.created_at
+).where(
+    actions.c.customer_id == _IDS,
+    actions.c.created_at >= sa.bindparam("since", type_=sa.DateTime(timezone=True)),
+    actions.c.status.in_(CONTACT_STATUSES),
+)
+
+
+ACTION_COLUMNS = (
+    "id", "trigger_id", "trigger_version", "customer_id", "channel", "status",
+    "suppressed_reason", "deferred_reason", "target", "payload", "cause_event", "cause_time",
+    "created_at", "due_at", "attempts", "last_error", "delivered_at",
+    "conversion_window_seconds", "converted_at",
+)  # fmt: skip
+_INSERT_ACTIONS = _insert_arrays(actions, ACTION_COLUMNS)
+
+
 async def insert_actions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    for chunk in _chunks(rows, 1000):
-        await session.execute(actions.insert(), chunk)
+    """Rows with exactly the keys of ACTION_COLUMNS."""
+    if rows:
+        await session.execute(_INSERT_ACTIONS, _arrays(actions, ACTION_COLUMNS, rows))
 
 
 async def record_conversions(
@@ -294,12 +367,17 @@ async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> l
     """Claim due actions (and ones whose sender's claim lapsed) with SKIP LOCKED, so
     dispatchers on several replicas never take the same action at the same time. The
     claim moves `due_at` to the end of the lease."""
+    rows = await session.execute(_CLAIM, {"limit": limit, "lease": lease})
+    return [Claimed(*r) for r in rows]
+
+
+def _claim() -> Any:
     a = actions
     due = (
         sa.select(a.c.id)
         .where(a.c.status.in_(("pending", "sending")), a.c.due_at <= sa.func.now())
         .order_by(a.c.due_at)
-        .limit(limit)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
         .with_for_update(skip_locked=True)
         .cte("due")
     )
@@ -308,13 +386,13 @@ async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> l
         .where(triggers.c.id == a.c.trigger_id)
         .scalar_subquery()
     )
-    rows = await session.execute(
+    return (
         a.update()
         .where(a.c.id == due.c.id)
         .values(
             status="sending",
             attempts=a.c.attempts + 1,
-            due_at=sa.func.now() + sa.bindparam("lease", lease, type_=sa.Interval),
+            due_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval),
         )
         .returning(
             a.c.id,
@@ -328,25 +406,33 @@ async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> l
             secret,
         )
     )
-    return [Claimed(*r) for r in rows]
+
+
+_CLAIM = _claim()
+
+
+_FINISHED = (
+    sa.func.unnest(*(_array_param(actions.c[n]) for n in FINISH_COLUMNS))
+    .table_valued(*(sa.column(n) for n in FINISH_COLUMNS))
+    .render_derived(name="r")
+)
+_FINISH = (
+    actions.update()
+    .where(actions.c.id == _FINISHED.c.id, actions.c.status == "sending")
+    .values({n: _FINISHED.c[n] for n in FINISH_COLUMNS if n != "id"})
+)
 
 
 async def finish(session: AsyncSession, results: Sequence[dict[str, Any]]) -> None:
     """Record delivery outcomes: keys id, status, due_at, delivered_at, last_error."""
-    if not results:
-        return
-    a = actions
-    stmt = (
-        a.update()
-        .where(a.c.id == sa.bindparam("b_id"), a.c.status == "sending")
-        .values(
-            status=sa.bindparam("b_status"),
-            due_at=sa.bindparam("b_due_at"),
-            delivered_at=sa.bindparam("b_delivered_at"),
-            last_error=sa.bindparam("b_last_error"),
-        )
-    )
-    await session.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in results])
+    # One row per action, the first one: as row-by-row updates, a later one for the same
+    # action would no longer find it `sending`.
+    first: dict[str, dict[str, Any]] = {}
+    for r in results:
+        first.setdefault(r["id"], r)
+    if first:
+        rows = list(first.values())
+        await session.execute(_FINISH, {f"b_{n}": [r[n] for r in rows] for n in FINISH_COLUMNS})
 
 
 async def backlog(session: AsyncSession) -> tuple[int, float]:
