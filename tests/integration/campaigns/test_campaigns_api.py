@@ -3,6 +3,8 @@ names the field, SSRF and template-escape refusal, and role checks."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -190,3 +192,41 @@ async def test_a_nul_character_is_refused_with_422_not_a_server_error(
         body = webhook_trigger(HOOK, description="a\u0000b")
         in_body = await client.post("/v1/triggers", json=body, headers=admin)
         assert in_body.status_code == 422 and "description" in in_body.text
+
+
+async def test_actions_are_listed_page_by_page_to_the_end(
+    migrated: str, bootstrap_servers: str, read_key: str, engine: Any
+) -> None:
+    customer = f"pager-{uuid.uuid4().hex[:8]}"
+    moment = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    # Seven actions, three of them created at the same instant: pages must not skip or
+    # repeat rows that tie on time.
+    async with engine.begin() as conn:
+        for n in range(7):
+            created = moment + timedelta(minutes=n if n < 4 else 10)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO campaigns.actions (id, trigger_id, trigger_version, "
+                    "customer_id, channel, status, target, cause_event, cause_time, "
+                    "created_at, due_at, conversion_window_seconds) VALUES (:id, 'trg', 1, "
+                    ":customer, 'webhook', 'delivered', '{}', 'ev', :at, :at, :at, 86400)"
+                ),
+                {"id": f"act-{customer}-{n}", "customer": customer, "at": created},
+            )
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        reader = bearer(read_key)
+        everything = await client.get(
+            "/v1/actions", params={"customer_id": customer}, headers=reader
+        )
+        assert "link" not in everything.headers  # one page holds them all
+        seen: list[str] = []
+        url: str | None = f"/v1/actions?customer_id={customer}&limit=2"
+        while url is not None:
+            page = await client.get(url, headers=reader)
+            assert page.status_code == 200
+            seen += [a["id"] for a in page.json()]
+            link = page.headers.get("link")
+            url = link[1 : link.index(">")] if link else None
+        assert seen == [a["id"] for a in everything.json()] and len(seen) == 7
+        bad = await client.get("/v1/actions", params={"cursor": "nonsense"}, headers=reader)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "cursor"]

@@ -401,15 +401,47 @@ async def find_customers(
 
 @router.get("/actions", response_model=list[ActionOut])
 async def list_actions(
+    request: Request,
+    response: Response,
     session: Session,
     caller: ReadKey,
     customer_id: Annotated[str | None, Query(max_length=256)] = None,
     trigger_id: Annotated[str | None, Query(max_length=256)] = None,
     status: ActionStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="where the previous page ended")
+    ] = None,
 ) -> list[ActionOut]:
-    """Latest actions first, filtered by customer, trigger and status."""
+    """Latest actions first, filtered by customer, trigger and status. A full page links
+    to the next one (`Link: <...>; rel="next"`, and the cursor in `X-Next-Cursor`)."""
+    after = _decode_cursor(cursor) if cursor is not None else None
     rows = await repository.list_actions(
-        session, customer_id=customer_id, trigger_id=trigger_id, status=status, limit=limit
+        session,
+        customer_id=customer_id,
+        trigger_id=trigger_id,
+        status=status,
+        limit=limit,
+        after=after,
     )
+    if len(rows) == limit:
+        last = rows[-1]
+        token = base64.urlsafe_b64encode(
+            f"{last['created_at'].isoformat()}|{last['id']}".encode()
+        ).decode()
+        response.headers["X-Next-Cursor"] = token
+        next_url = request.url.include_query_params(cursor=token)
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
     return [ActionOut(**r) for r in rows]
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a page ended at; 422 naming `cursor` if it is not one."""
+    try:
+        created_at, action_id = base64.urlsafe_b64decode(cursor).decode().split("|", 1)
+        moment = datetime.fromisoformat(created_at)
+    except ValueError:  # bad base64, UTF-8, separator or time (binascii.Error is one)
+        raise _unprocessable_query("cursor", "not a cursor this endpoint returned") from None
+    if moment.tzinfo is None or not action_id:
+        raise _unprocessable_query("cursor", "not a cursor this endpoint returned")
+    return moment, action_id

@@ -477,9 +477,19 @@ async def list_actions(
     trigger_id: str | None,
     status: str | None,
     limit: int,
+    after: tuple[datetime, str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Newest first (ties by id); `after`: the (created_at, id) the previous page ended at."""
     a = actions
     stmt = sa.select(*ACTION_FIELDS)
+    if after is not None:
+        created_at, action_id = after
+        stmt = stmt.where(
+            sa.or_(
+                a.c.created_at < created_at,
+                sa.and_(a.c.created_at == created_at, a.c.id > action_id),
+            )
+        )
     if customer_id is not None:
         stmt = stmt.where(a.c.customer_id == customer_id)
     if trigger_id is not None:
