@@ -7,6 +7,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
 from clm_campaigns import metrics
@@ -57,6 +60,33 @@ async def check_target(url: str, allowed: list[Network]) -> None:
             )
 
 
+class CheckedResolver(AbstractResolver):
+    """aiohttp's resolver, refusing addresses the SSRF rules forbid. The addresses a
+    connection is opened to are the ones checked, so a host name that resolves to a public
+    address when a trigger is saved and to an internal one when it is sent (DNS
+    rebinding) is still refused. (aiohttp does not resolve IP literals: see _check.)"""
+
+    def __init__(self, allowed: list[Network], inner: AbstractResolver | None = None) -> None:
+        self._allowed = allowed
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        for info in found:
+            reason = refusal(ipaddress.ip_address(info["host"].split("%", 1)[0]), self._allowed)
+            if reason is not None:
+                raise SsrfRefused(
+                    f"webhook target {host} refused: {reason} (allow it with "
+                    "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS)"
+                )
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class WebhookSender:
     """Webhook POSTs over a pooled aiohttp client.
 
@@ -91,15 +121,15 @@ class WebhookSender:
         return outcome
 
     async def _check(self, url: str) -> None:
-        """check_target, once per URL that names an IP address: its answer cannot change.
-        A host name is resolved and checked on every send (its addresses can change)."""
-        if url in self._passed:
+        """check_target, once per URL that names an IP address (its answer cannot change,
+        and aiohttp connects to a literal without resolving it). A host name is checked
+        where it is resolved for the connection, by CheckedResolver."""
+        if url in self._passed or literal_address(url) is None:
             return
         await check_target(url, self._allowed)
-        if literal_address(url) is not None:
-            if len(self._passed) >= 1024:  # URLs come from triggers: few, but bounded
-                self._passed.clear()
-            self._passed.add(url)
+        if len(self._passed) >= 1024:  # URLs come from triggers: few, but bounded
+            self._passed.clear()
+        self._passed.add(url)
 
     async def _send(
         self, action_id: str, target: dict[str, Any], payload: str, secret: str | None
@@ -129,6 +159,8 @@ class WebhookSender:
             ) as response:
                 await response.read()  # a fully read response keeps its connection pooled
                 status = response.status
+        except SsrfRefused as exc:  # the host name resolved to a refused address
+            return Outcome(False, str(exc), retryable=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Outcome(False, f"{type(exc).__name__}: {exc}"[:500])
         if 200 <= status < 300:
@@ -138,7 +170,9 @@ class WebhookSender:
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, resolver=CheckedResolver(self._allowed)
+                ),
                 timeout=self._timeout,
             )
         return self._client
