@@ -129,16 +129,27 @@ _LOAD_INPUTS = (
 async def add_inputs(
     session: AsyncSession, rows: Sequence[tuple[str, str, str, int, bytes]]
 ) -> None:
-    """(customer, source, id, at µs, input JSON) of inputs not stored before."""
-    if rows:
-        columns = [list(c) for c in zip(*rows, strict=True)]
-        await (await _driver(session)).execute(_ADD_INPUTS, *columns)
+    """(customer, source, id, at µs, input JSON) of inputs not stored before. An input
+    whose (source, id) is already stored (the same id at another time: a producer bug,
+    which an in-order event is not checked for) refuses the batch, naming it, so the
+    consumer dead-letters that event and stored inputs and fold stay in step."""
+    if not rows:
+        return
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    stored = await (await _driver(session)).fetch(_ADD_INPUTS, *columns)
+    if len(stored) < len(rows):
+        new = {(r[0], r[1], r[2]) for r in stored}
+        customer, source, event_id = next(r[:3] for r in rows if r[:3] not in new)
+        raise ValueError(
+            f"event {event_id!r} from {source!r} for customer {customer!r} was already "
+            "applied with another time: an event id must name one event"
+        )
 
 
 _ADD_INPUTS = (
     f"INSERT INTO {inputs.fullname} (customer_id, source, event_id, at, input) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[]) "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING customer_id, source, event_id"
 )
 
 

@@ -182,9 +182,13 @@ def advance(
     until = tl.evaluated_until
     acc: Accumulator | None = None
     if tl.folded is not None and until is not None and all(i.at > until for i in new_inputs):
-        # Stored inputs are all at or before the clock, so none of these can repeat one:
-        # only repeats within the batch are dropped, and the fold takes them from here.
-        fresh = sorted({i.key: i for i in new_inputs}.values(), key=lambda i: i.order)
+        # Stored inputs are all at or before the clock, so none of these can repeat one
+        # (the store refuses an id reused at another time): only repeats within the batch
+        # are dropped (the first kept, as below), and the fold takes them from here.
+        first: dict[tuple[str, str], Input] = {}
+        for i in new_inputs:
+            first.setdefault(i.key, i)
+        fresh = sorted(first.values(), key=lambda i: i.order)
         if tl._keys is not None:
             tl._keys.update(i.key for i in fresh)
         if tl._inputs is not None:
