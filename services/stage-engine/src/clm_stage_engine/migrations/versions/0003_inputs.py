@@ -1,5 +1,8 @@
 """Inputs move out of the timeline blob into a table of their own, one row per input.
 
+Not backward compatible: the previous stage engine cannot read the rows this leaves, so
+stop it before upgrading (docs/operations.md, "Upgrades and migrations").
+
 Revision ID: 0003
 """
 
