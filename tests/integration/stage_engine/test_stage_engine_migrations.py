@@ -13,7 +13,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from kit import running
 from sqlalchemy.ext.asyncio import create_async_engine
+from stagekit import wait_for
 
 import clm_stage_engine
 from clm_events import db
@@ -118,3 +120,20 @@ async def test_upgrading_moves_inputs_out_of_timelines_and_processing_goes_on_un
         (i.at, i.source, i.id) for i in everything
     ]
     await engine.dispose()
+
+
+async def test_the_service_waits_for_its_schema_before_it_consumes(
+    database_url: str, bootstrap_servers: str
+) -> None:
+    """A pod of a new release can start before the migrations Job has finished: it serves
+    /readyz as not ready, naming the schema revision, and starts consuming once migrated."""
+    url = await _fresh_database(database_url)
+    await asyncio.to_thread(migrate, SCRIPTS, url=url, schema=SCHEMA, revision="0002")
+    async with running("clm_stage_engine", url, bootstrap_servers) as (client, runtime):
+        waiting = await client.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.json()["checks"]["schema"] == ("behind: at 0002, this release needs 0003")
+        assert runtime.consumers[0].assignment() == set()  # not even in its group
+        await asyncio.to_thread(migrate, SCRIPTS, url=url, schema=SCHEMA)
+        ready = await wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        assert ready.status_code == 200 and "schema" not in ready.json()["checks"]

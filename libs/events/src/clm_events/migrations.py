@@ -9,8 +9,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command, context, op
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from clm_events.settings import ClmSettings
@@ -24,6 +25,29 @@ def migrate(script_location: Path, *, url: str, schema: str, revision: str = "he
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["schema"] = schema
     command.upgrade(cfg, revision)
+
+
+def revisions(script_location: Path) -> tuple[str, frozenset[str]]:
+    """(head, every revision) of a service's migration scripts."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    scripts = ScriptDirectory.from_config(cfg)
+    head = scripts.get_current_head()
+    assert head is not None, f"no migrations in {script_location}"
+    return head, frozenset(s.revision for s in scripts.walk_revisions())
+
+
+async def schema_revision(engine: AsyncEngine, schema: str) -> str | None:
+    """The revision a service's schema is migrated to (None: not migrated at all)."""
+    async with engine.connect() as conn:
+        exists = await conn.scalar(
+            sa.text("SELECT to_regclass(:table) IS NOT NULL"),
+            {"table": f'"{schema}".alembic_version'},
+        )
+        if not exists:
+            return None
+        at = await conn.scalar(sa.text(f'SELECT version_num FROM "{schema}".alembic_version'))
+        return str(at) if at is not None else None
 
 
 def migrate_auth(url: str) -> None:

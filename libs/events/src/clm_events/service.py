@@ -4,10 +4,12 @@ outbox relay) and a FastAPI app with /healthz, /readyz and /metrics around it.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +25,7 @@ from clm_events import db, metrics
 from clm_events.auth import KeyStore
 from clm_events.consumer import ConsumerRunner, Handler
 from clm_events.logs import configure_logging
+from clm_events.migrations import revisions, schema_revision
 from clm_events.outbox import OutboxRelay
 from clm_events.producer import Producer
 from clm_events.settings import ClmSettings
@@ -65,8 +68,17 @@ class Runtime:
         *,
         outbox: sa.Table | None = None,
         processed: sa.Table | None = None,
+        migrations: Path | None = None,
+        schema: str | None = None,
     ) -> None:
         common = settings.common
+        # The service's schema must be at its migrations' head (or past it: a newer
+        # release's revision) before anything reads or writes it: in a rolling update new
+        # pods can start before the migrations Job has finished.
+        self._schema = schema
+        self._revisions = revisions(migrations) if migrations is not None else None
+        self._behind: str | None = None
+        self._waiting: asyncio.Task[None] | None = None
         self.name = name
         self.settings = settings
         self.topics = Topics(common.topic_prefix, common.topic_partitions)
@@ -139,6 +151,17 @@ class Runtime:
                     replication_factor=common.topic_replication_factor,
                 )
         await self.producer.start()
+        self._behind = await self._schema_behind()
+        if self._behind is None:
+            self._launch()
+        else:
+            log.warning(
+                "schema not migrated for this release yet; consumers and loops wait for it",
+                extra={"schema": self._schema, "state": self._behind},
+            )
+            self._waiting = asyncio.create_task(self._launch_when_migrated(), name="schema")
+
+    def _launch(self) -> None:
         for c in self.consumers:
             # Joining a group can take seconds; the API serves meanwhile and /readyz tells.
             self._tasks.append(asyncio.create_task(self._consume(c), name=f"consumer:{c.group_id}"))
@@ -146,6 +169,24 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         for name, loop in self._background:
             self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def _schema_behind(self) -> str | None:
+        """None when the schema is ready for this code, else what it is at."""
+        if self._revisions is None or self._schema is None:
+            return None
+        head, known = self._revisions
+        at = await schema_revision(self.engine, self._schema)
+        if at == head or (at is not None and at not in known):
+            return None
+        return f"behind: at {at or 'no revision'}, this release needs {head}"
+
+    async def _launch_when_migrated(self, every: float = 2.0) -> None:
+        while self._behind is not None:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):  # the database may be restarting
+                self._behind = await self._schema_behind()
+        log.info("schema migrated; starting consumers and loops", extra={"schema": self._schema})
+        self._launch()
 
     @staticmethod
     async def _consume(consumer: ConsumerRunner) -> None:
@@ -156,6 +197,9 @@ class Runtime:
             await consumer.stop()  # idempotent; covers a stop() that raced the join
 
     async def stop(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+            await asyncio.gather(self._waiting, return_exceptions=True)
         for c in self.consumers:
             await c.stop()
         if self.relay is not None:
@@ -175,6 +219,8 @@ class Runtime:
                 checks[name] = "ok"
             except Exception as exc:
                 checks[name] = f"unavailable: {type(exc).__name__}"
+        if self._behind is not None:
+            checks["schema"] = self._behind
         for task in self._tasks:
             if task.done():
                 checks[task.get_name()] = "stopped"

@@ -1,4 +1,5 @@
 from datetime import timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -13,7 +14,14 @@ from clm_events.service import create_app as create_service_app
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime("campaigns", settings, outbox=models.outbox, processed=models.processed_events)
+    rt = Runtime(
+        "campaigns",
+        settings,
+        outbox=models.outbox,
+        processed=models.processed_events,
+        migrations=Path(__file__).parent / "migrations",
+        schema=models.SCHEMA,
+    )
     relay = rt.relay
     dispatcher = Dispatcher(
         sessions=rt.sessions,

@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -14,7 +15,14 @@ from clm_ingest.intake import Intake
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime("ingest", settings, outbox=models.outbox, processed=models.processed_events)
+    rt = Runtime(
+        "ingest",
+        settings,
+        outbox=models.outbox,
+        processed=models.processed_events,
+        migrations=Path(__file__).parent / "migrations",
+        schema=models.SCHEMA,
+    )
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[rt.topics.inbound],

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from fastapi import FastAPI
 
 from clm_events.service import Runtime
@@ -10,7 +12,14 @@ from clm_stage_engine.timers import TimerLoop
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime("stage-engine", settings, outbox=models.outbox, processed=models.processed_events)
+    rt = Runtime(
+        "stage-engine",
+        settings,
+        outbox=models.outbox,
+        processed=models.processed_events,
+        migrations=Path(__file__).parent / "migrations",
+        schema=models.SCHEMA,
+    )
     engine = StageEngine(rt.topics, look_ahead=settings.timer_look_ahead_days)
     rt.add_consumer(
         group_id=settings.group_id,
