@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
@@ -105,6 +106,19 @@ class Runtime:
         self.consumers: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+
+    @classmethod
+    def of(cls, name: str, settings: ServiceSettings, models: ModuleType) -> Runtime:
+        """The runtime of a service whose `models` module defines its SCHEMA, outbox and
+        processed_events, with its migration scripts in a `migrations` folder beside it."""
+        return cls(
+            name,
+            settings,
+            outbox=models.outbox,
+            processed=models.processed_events,
+            migrations=Path(models.__file__ or "").parent / "migrations",
+            schema=models.SCHEMA,
+        )
 
     def add_consumer(
         self, *, group_id: str, topics: Sequence[str], handler: Handler, **options: Any

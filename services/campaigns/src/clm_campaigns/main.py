@@ -1,5 +1,4 @@
 from datetime import timedelta
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -14,14 +13,7 @@ from clm_events.service import create_app as create_service_app
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime(
-        "campaigns",
-        settings,
-        outbox=models.outbox,
-        processed=models.processed_events,
-        migrations=Path(__file__).parent / "migrations",
-        schema=models.SCHEMA,
-    )
+    rt = Runtime.of("campaigns", settings, models)
     relay = rt.relay
     dispatcher = Dispatcher(
         sessions=rt.sessions,

@@ -1,5 +1,4 @@
 import time
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -15,14 +14,7 @@ from clm_ingest.intake import Intake
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime(
-        "ingest",
-        settings,
-        outbox=models.outbox,
-        processed=models.processed_events,
-        migrations=Path(__file__).parent / "migrations",
-        schema=models.SCHEMA,
-    )
+    rt = Runtime.of("ingest", settings, models)
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[rt.topics.inbound],

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from fastapi import FastAPI
 
 from clm_events.service import Runtime
@@ -11,14 +9,7 @@ from clm_scoring.jobs import Jobs, Scorer
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime(
-        "scoring",
-        settings,
-        outbox=models.outbox,
-        processed=models.processed_events,
-        migrations=Path(__file__).parent / "migrations",
-        schema=models.SCHEMA,
-    )
+    rt = Runtime.of("scoring", settings, models)
     scorer = Scorer(settings, rt.topics)
     jobs = Jobs(scorer, rt.sessions)
     rt.add_consumer(

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from fastapi import FastAPI
 
 from clm_events.service import Runtime
@@ -12,14 +10,7 @@ from clm_stage_engine.timers import TimerLoop
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    rt = Runtime(
-        "stage-engine",
-        settings,
-        outbox=models.outbox,
-        processed=models.processed_events,
-        migrations=Path(__file__).parent / "migrations",
-        schema=models.SCHEMA,
-    )
+    rt = Runtime.of("stage-engine", settings, models)
     engine = StageEngine(rt.topics, look_ahead=settings.timer_look_ahead_days)
     rt.add_consumer(
         group_id=settings.group_id,
