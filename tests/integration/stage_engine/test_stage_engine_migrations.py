@@ -11,16 +11,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from kit import running
 from sqlalchemy.ext.asyncio import create_async_engine
 from stagekit import wait_for
+from typer.testing import CliRunner
 
 import clm_stage_engine
 from clm_events import db
 from clm_events.migrations import migrate
 from clm_events.topics import Topics
+from clm_stage_engine.cli import app as cli
 from clm_stage_engine.domain.facts import facts_at
 from clm_stage_engine.domain.inputs import Input, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, compile_model
@@ -37,14 +37,6 @@ def _buy(days: int, n: int) -> Input:
     return Input(
         to_us(T0 + timedelta(days=days)), "shop", f"o{n}", "purchase.completed", {"amount": 30.0}
     )
-
-
-def _alembic(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(SCRIPTS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["schema"] = SCHEMA
-    return cfg
 
 
 async def _fresh_database(database_url: str) -> str:
@@ -112,8 +104,14 @@ async def test_upgrading_moves_inputs_out_of_timelines_and_processing_goes_on_un
     clock = reference.evaluated_until or 0
     assert tl.fold().facts(clock) == facts_at(everything, clock)
 
-    # And back: the earlier layout, every input inside the timeline again.
-    await asyncio.to_thread(command.downgrade, _alembic(url), "0002")
+    # And back, as the CLI's `migrate --downgrade-to` does for a rollback.
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["migrate", "--downgrade-to", "0002"],
+        env={"CLM_DATABASE_URL": url},
+    )
+    assert result.exit_code == 0, result.output
     async with sessions() as s:
         stored = (await s.execute(sa.text(f"SELECT timeline FROM {SCHEMA}.customers"))).scalar()
     assert [tuple(i[:3]) for i in json.loads(stored)["i"]] == [

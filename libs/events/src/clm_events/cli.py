@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events import auth, db
 from clm_events.auth import Role
-from clm_events.migrations import migrate, migrate_auth
+from clm_events.migrations import downgrade, migrate, migrate_auth
 from clm_events.service import ServiceSettings
 
 T = TypeVar("T")
@@ -42,9 +42,17 @@ def service_cli(
         )
 
     @cli.command("migrate")
-    def migrate_cmd() -> None:
+    def migrate_cmd(
+        downgrade_to: str = typer.Option(
+            None, help="Take the schema back to this revision instead (a rollback)."
+        ),
+    ) -> None:
         """Bring this service's database schema (and the shared API-key schema) up to date."""
         url = settings().common.database_url
+        if downgrade_to is not None:
+            downgrade(migrations, url=url, schema=schema, revision=downgrade_to)
+            typer.echo(f"{name}: schema {schema} is at revision {downgrade_to}")
+            return
         migrate_auth(url)
         migrate(migrations, url=url, schema=schema)
         typer.echo(f"{name}: schema {schema} is up to date")

@@ -17,21 +17,32 @@ from sqlalchemy.pool import NullPool
 from clm_events.settings import ClmSettings
 
 
+def config(script_location: Path, *, url: str | None = None, schema: str | None = None) -> Config:
+    """Alembic's configuration for one service's scripts (and database and schema)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if schema is not None:
+        cfg.attributes["schema"] = schema
+    return cfg
+
+
 def migrate(script_location: Path, *, url: str, schema: str, revision: str = "head") -> None:
     """Upgrade one service's schema. Synchronous: call it before the event loop starts,
     or through `asyncio.to_thread` from async code."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(script_location))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["schema"] = schema
-    command.upgrade(cfg, revision)
+    command.upgrade(config(script_location, url=url, schema=schema), revision)
+
+
+def downgrade(script_location: Path, *, url: str, schema: str, revision: str) -> None:
+    """Take one service's schema back to `revision` (a rollback past a migration the
+    previous release cannot read; see docs/operations.md)."""
+    command.downgrade(config(script_location, url=url, schema=schema), revision)
 
 
 def revisions(script_location: Path) -> tuple[str, frozenset[str]]:
     """(head, every revision) of a service's migration scripts."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(script_location))
-    scripts = ScriptDirectory.from_config(cfg)
+    scripts = ScriptDirectory.from_config(config(script_location))
     head = scripts.get_current_head()
     assert head is not None, f"no migrations in {script_location}"
     return head, frozenset(s.revision for s in scripts.walk_revisions())
