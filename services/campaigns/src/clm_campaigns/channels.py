@@ -37,7 +37,12 @@ class Outcome:
 
 
 class SsrfRefused(ValueError):
-    pass
+    @classmethod
+    def of(cls, host: str, reason: str) -> SsrfRefused:
+        return cls(
+            f"webhook target {host} refused: {reason} (allow it with "
+            "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS)"
+        )
 
 
 async def check_target(url: str, allowed: list[Network]) -> None:
@@ -54,10 +59,7 @@ async def check_target(url: str, allowed: list[Network]) -> None:
     for address in addresses:
         reason = refusal(address, allowed)
         if reason is not None:
-            raise SsrfRefused(
-                f"webhook target {host} refused: {reason} (allow it with "
-                "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS)"
-            )
+            raise SsrfRefused.of(host, reason)
 
 
 class CheckedResolver(AbstractResolver):
@@ -77,10 +79,7 @@ class CheckedResolver(AbstractResolver):
         for info in found:
             reason = refusal(ipaddress.ip_address(info["host"].split("%", 1)[0]), self._allowed)
             if reason is not None:
-                raise SsrfRefused(
-                    f"webhook target {host} refused: {reason} (allow it with "
-                    "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS)"
-                )
+                raise SsrfRefused.of(host, reason)
         return found
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
+from clm_stage_engine.domain.timeline import LOOK_AHEAD
 
 
 class Settings(ServiceSettings):
@@ -13,7 +14,7 @@ class Settings(ServiceSettings):
     timer_batch_size: int = Field(2000, ge=1, description="Customers per timer transaction.")
     timer_workers: int = Field(2, ge=1, description="Timer transactions run at once.")
     timer_look_ahead_days: int = Field(
-        30,
+        LOOK_AHEAD,
         ge=0,
         le=400,
         description="Days the timer probes ahead for a customer's next possible stage change; "

@@ -20,7 +20,14 @@ from clm_stage_engine import metrics
 from clm_stage_engine import repository as repo
 from clm_stage_engine.domain.inputs import Input, from_event, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, CompiledModel, ModelSpec, compile_model
-from clm_stage_engine.domain.timeline import Outcome, Timeline, Transition, advance, reevaluate
+from clm_stage_engine.domain.timeline import (
+    LOOK_AHEAD,
+    Outcome,
+    Timeline,
+    Transition,
+    advance,
+    reevaluate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,7 @@ class Models:
 
 class StageEngine:
     def __init__(
-        self, topics: Topics, models: Models | None = None, *, look_ahead: int = 30
+        self, topics: Topics, models: Models | None = None, *, look_ahead: int = LOOK_AHEAD
     ) -> None:
         self.topics = topics
         self.models = models or Models()

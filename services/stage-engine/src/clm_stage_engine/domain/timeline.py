@@ -37,6 +37,9 @@ TICK = US_PER_DAY
 
 EVENT, TIME, MODEL_CHANGE = "event", "time", "model_change"
 
+# Ticks (days) the timer probes ahead for a customer's due time, unless configured.
+LOOK_AHEAD = 30
+
 
 def next_tick(moment: int) -> int:
     """The first timer tick strictly after `moment`."""
