@@ -65,6 +65,27 @@ async def test_postgres_query_and_data_survive_restart(tmp_path: Path) -> None:
         pg.stop()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another OS user")
+async def test_postgres_starts_on_data_its_os_user_made_under_an_older_uid(tmp_path: Path) -> None:
+    """The OS user can be recreated between runs (a concurrent useradd replaced it) and
+    then has another uid: the data dir is handed to the current one, not refused."""
+    pg = EmbeddedPostgres(tmp_path / "pgdata")
+    pg.start()
+    pg.stop()
+    stale = 60_000 + os.getpid() % 1000  # a uid no user has
+    for path in [pg.data_dir, *pg.data_dir.rglob("*")]:
+        os.lchown(path, stale, stale)
+    try:
+        pg.start()
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+    finally:
+        pg.stop()
+
+
 async def test_tansu_round_trip(broker: TansuBroker) -> None:
     topic = "devstack.roundtrip"
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)

