@@ -28,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 from clm_events import metrics
 from clm_events.db import is_retryable
 from clm_events.deadletter import deadletter_message
-from clm_events.envelope import Event, decode_kafka_record
+from clm_events.envelope import Event, EventValidationError, decode_kafka_record
 from clm_events.idempotency import claim_new
 from clm_events.producer import Producer
 
@@ -203,7 +203,8 @@ class ConsumerRunner:
                 reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
                 if not reason.startswith("invalid event"):
                     reason = f"invalid event: {reason}"
-                dead.append((r, reason, "invalid_event"))
+                kind = exc.kind if isinstance(exc, EventValidationError) else "invalid_event"
+                dead.append((r, reason, kind))
 
         applied, refused = await self._retrying(lambda: self._apply(deliveries))
         self._count(deliveries, applied, refused)
@@ -214,9 +215,9 @@ class ConsumerRunner:
         if dead:
             messages = [
                 deadletter_message(
-                    r, reason=reason, group=self.group_id, topic=self._deadletter_topic
+                    r, reason=reason, kind=kind, group=self.group_id, topic=self._deadletter_topic
                 )
-                for r, reason, _ in dead
+                for r, reason, kind in dead
             ]
             await self._retrying(lambda: self._producer.send_batch(messages))
         if self._on_committed is not None:

@@ -13,11 +13,14 @@ HEADER_PREFIX = "clm_dlq_"
 
 
 def deadletter_message(
-    record: ConsumerRecord[bytes, bytes], *, reason: str, group: str, topic: str
+    record: ConsumerRecord[bytes, bytes], *, reason: str, kind: str, group: str, topic: str
 ) -> Message:
+    """`reason` says what is wrong for people; `kind` names the rule for tools and alerts
+    (`invalid_event`, `unstorable_text`, `derived_type`, `too_large`, `handler_error`)."""
     headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(HEADER_PREFIX)]
     headers += [
         (f"{HEADER_PREFIX}reason", reason.encode()[:MAX_REASON_BYTES]),
+        (f"{HEADER_PREFIX}kind", kind.encode()),
         (f"{HEADER_PREFIX}topic", record.topic.encode()),
         (f"{HEADER_PREFIX}partition", str(record.partition).encode()),
         (f"{HEADER_PREFIX}offset", str(record.offset).encode()),

@@ -44,6 +44,7 @@ from clm_events.catalog import (
     WebPageViewed,
     WebSignedUp,
 )
+from clm_events.storable import UNSTORABLE, is_storable, printable, unstorable
 
 # --- errors ---------------------------------------------------------------------------
 
@@ -60,10 +61,14 @@ class FieldError:
 
 
 class EventValidationError(ValueError):
-    """An event was rejected; `errors` says where and why (safe to return to the sender)."""
+    """An event was rejected; `errors` says where and why (safe to return to the sender).
 
-    def __init__(self, errors: Sequence[FieldError]) -> None:
+    `kind` names the rule broken, for metrics and dead-letter reason kinds:
+    `invalid_event` (the schema), or `unstorable_text` (see storable.py)."""
+
+    def __init__(self, errors: Sequence[FieldError], kind: str = "invalid_event") -> None:
         self.errors: list[FieldError] = list(errors)
+        self.kind = kind
         super().__init__(self.errors)
 
     def __str__(self) -> str:
@@ -84,8 +89,16 @@ def _fail(path: str, reason: str) -> EventValidationError:
 
 
 def _clip(text: str, limit: int = 64) -> str:
-    # Offending input is echoed back and logged; keep it short.
-    return text if len(text) <= limit else text[:limit] + "..."
+    # Offending input is echoed back, logged and stored with dead letters: short, storable.
+    return printable(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_storable(obj: Any) -> None:
+    """Refuse a decoded message holding anything PostgreSQL cannot store (storable.py),
+    naming each place; every entry point gets this through parse_event."""
+    if not is_storable(obj):
+        errors = [FieldError(path, reason) for path, reason in unstorable(obj)]
+        raise EventValidationError(errors, kind=UNSTORABLE)
 
 
 # --- envelope -------------------------------------------------------------------------
@@ -301,6 +314,7 @@ def parse_event(obj: Mapping[str, Any]) -> Event:
     problems found."""
     if not isinstance(obj, Mapping):
         raise _fail("", "event must be a JSON object")
+    check_storable(obj)
     # Without a known type there is no schema to check the rest against: one clear error.
     type_error = _type_error(obj.get("type"))
     if type_error is not None:
