@@ -77,13 +77,19 @@ async def test_garbage_and_invalid_events_go_to_the_dead_letter_topic_and_the_co
     invalid = purchase("cust-2", "bad")
     del invalid["data"]["amount"]
     garbage = b"\x00\xffnot json at all"
+    # From a producer that wrote to the domain topic directly, past the gate: PostgreSQL
+    # could not store it, so it is refused as such, not left to fail as a handler error.
+    unstorable = purchase(
+        "cust-2", "nul", data={"order_id": "n\x00l", "amount": "1", "currency": "EUR"}
+    )
     await produce(
         harness.bootstrap,
         topic,
-        [garbage, invalid, purchase("cust-2", "good")],
+        [garbage, invalid, unstorable, purchase("cust-2", "good")],
         key=lambda v: b"cust-2",
     )
-    dead_before = metrics.DEADLETTERED.labels(harness.group, topic, "invalid_event")._value.get()
+    kinds = ("invalid_event", "unstorable_text", "handler_error")
+    before = {k: metrics.DEADLETTERED.labels(harness.group, topic, k)._value.get() for k in kinds}
     runner = harness.runner()
     await harness.start(runner)
 
@@ -93,10 +99,10 @@ async def test_garbage_and_invalid_events_go_to_the_dead_letter_topic_and_the_co
     await harness.until(good_applied)
     assert await harness.shop.counts() == {"cust-2": (1, Decimal("10.00"))}
 
-    dead = await read_topic(harness.bootstrap, harness.topics.deadletter, expect=2)
-    assert len(dead) == 2
+    dead = await read_topic(harness.bootstrap, harness.topics.deadletter, expect=3)
+    assert len(dead) == 3
     by_value = {r.value: r for r in dead}
-    assert set(by_value) == {garbage, encode(invalid)}  # original bytes, untouched
+    assert set(by_value) == {garbage, encode(invalid), encode(unstorable)}  # original bytes
     for record in dead:
         info = reason_of(record.headers)
         assert record.key == b"cust-2"
@@ -104,8 +110,15 @@ async def test_garbage_and_invalid_events_go_to_the_dead_letter_topic_and_the_co
         assert info["group"] == harness.group
         assert int(info["offset"]) >= 0 and int(info["partition"]) >= 0
     assert "data.amount" in reason_of(by_value[encode(invalid)].headers)["reason"]
-    dead_after = metrics.DEADLETTERED.labels(harness.group, topic, "invalid_event")._value.get()
-    assert dead_after - dead_before == 2
+    nul = reason_of(by_value[encode(unstorable)].headers)
+    assert nul["kind"] == "unstorable_text"
+    assert "data.order_id: text contains U+0000" in nul["reason"]
+    after = {k: metrics.DEADLETTERED.labels(harness.group, topic, k)._value.get() for k in kinds}
+    assert {k: after[k] - before[k] for k in kinds} == {
+        "invalid_event": 2,
+        "unstorable_text": 1,
+        "handler_error": 0,
+    }
 
 
 async def test_a_message_the_handler_refuses_is_dead_lettered_alone(harness: Harness) -> None:

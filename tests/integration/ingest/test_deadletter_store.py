@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import httpx
+from aiokafka.structs import ConsumerRecord
 from kit import bearer, make_key, produce, purchase, read_topic
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from clm_ingest import deadletter_store as store
 
 
 async def _listed(
@@ -75,3 +80,44 @@ async def test_dead_letters_are_listed_and_replayed_with_a_fix(
     rows = await _listed(client, read, expect=3, **mine)
     again = [r for r in rows if r["replay_of"]]
     assert len(again) == 1 and again[0]["replay_of"].endswith(garbage["id"].replace("-", "/"))
+
+
+async def test_a_dead_letter_with_nul_in_its_headers_is_stored_escaped(migrated: str) -> None:
+    """Headers are bytes anyone can write, and text columns refuse U+0000: such a row is
+    kept escaped instead of failing the insert, which would stall the store for ever."""
+    offset = random.randrange(10**12, 10**13)  # the table is shared with other tests
+    record = ConsumerRecord(
+        topic="clm.events.deadletter",
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k\x00",
+        value=b"{}",
+        checksum=None,
+        serialized_key_size=2,
+        serialized_value_size=2,
+        headers=[
+            ("clm_dlq_reason", b"invalid event: id: \x00"),
+            ("clm_dlq_topic", b"t\x00"),
+            ("clm_dlq_group", b"g\x00"),
+            ("clm_dlq_at", b"not a time"),
+            ("x-\x00", b"v"),
+        ],
+    )
+    engine = create_async_engine(migrated)
+    try:
+        async with async_sessionmaker(engine).begin() as session:
+            await store.store(session, [record])
+        async with async_sessionmaker(engine)() as session:
+            row = await store.get_row(session, 0, offset)
+    finally:
+        await engine.dispose()
+    assert row is not None
+    shown = store.describe(row)
+    assert (shown["reason"], shown["source_topic"], shown["group"]) == (
+        "invalid event: id: \\u0000",
+        "t\\u0000",
+        "g\\u0000",
+    )
+    assert shown["headers"] == {"x-\\u0000": "v"}

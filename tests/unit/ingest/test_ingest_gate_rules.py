@@ -97,3 +97,14 @@ def test_a_request_larger_than_the_burst_passes_on_a_full_bucket() -> None:
     limiter = RateLimiter(rate=10, burst=50, clock=Clock())
     assert limiter.take("k", 80) == 0
     assert RateLimiter(rate=0, burst=1, clock=Clock()).take("k", 10**6) == 0
+
+
+def test_unstorable_text_is_refused_with_its_own_reason_and_422() -> None:
+    result = verdict([purchase(1), purchase(2, note="Ni\x00ne")])
+    assert result.status == 422
+    [problem] = result.problems
+    assert (problem.kind, problem.path, problem.index) == (
+        Reason.unstorable_text,
+        "data.note",
+        1,
+    )

@@ -152,3 +152,21 @@ def test_unsupported_calls_and_shapes_are_named() -> None:
     )
     with pytest.raises(EventValidationError, match="must be a JSON object"):
         to_cloudevent([], call=None, source="shop", mapping=SegmentMapping(), received_at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        ({**order_completed(), "userId": "cust-\x00"}, "userId"),
+        ({**order_completed(), "anonymousId": "anon-\x00"}, "anonymousId"),
+        ({**order_completed(), "event": "Order\x00Completed"}, "event"),
+        (order_completed(coupon="\ud800"), "properties.coupon"),
+        ({"type": "identify", "userId": "c", "traits": {"name": "Ni\x00ne"}}, "traits.name"),
+    ],
+)
+def test_text_no_service_can_store_is_refused_naming_the_segment_field(
+    message: dict[str, Any], path: str
+) -> None:
+    found = errors(message)
+    assert [e["path"] for e in found] == [path]
+    assert "cannot be stored" in found[0]["reason"] or "surrogate" in found[0]["reason"]

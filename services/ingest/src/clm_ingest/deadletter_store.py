@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.deadletter import reason_of
 from clm_events.producer import Message, Producer
+from clm_events.storable import printable
 from clm_ingest.deadletter import REPLAY_HEADER, producer_headers, replay_headers
 from clm_ingest.models import deadletters
 
@@ -40,16 +41,27 @@ def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
 
+def _time(at: str | None) -> datetime:
+    try:
+        return datetime.fromisoformat(at) if at else datetime.now(UTC)
+    except ValueError:  # a producer wrote the header: not ours to trust
+        return datetime.now(UTC)
+
+
 def row_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     """The stored form of one dead-letter record."""
     headers = list(record.headers or ())
     info = reason_of(headers)
-    at = info.get("at")
-    replay_of = next((v.decode("utf-8", "replace") for k, v in headers if k == REPLAY_HEADER), None)
+    replay_of = next(
+        (printable(v.decode("utf-8", "replace")) for k, v in headers if k == REPLAY_HEADER), None
+    )
+    # Headers are bytes from anyone who can produce: a NUL in one must not make the row
+    # unstorable, or this loop would retry the batch for ever.
+    info = {name: printable(value) for name, value in info.items()}
     return {
         "partition": record.partition,
         "offset": record.offset,
-        "at": datetime.fromisoformat(at) if at else datetime.now(UTC),
+        "at": _time(info.get("at")),
         "reason": info.get("reason", ""),
         "source_topic": info.get("topic", ""),
         "source_partition": _int(info.get("partition")),
@@ -58,7 +70,9 @@ def row_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
         "key": record.key,
         "value": record.value or b"",
         # Only the producer's own headers: replay must not carry the dead-letter ones.
-        "headers": [[k, base64.b64encode(v).decode()] for k, v in producer_headers(headers)],
+        "headers": [
+            [printable(k), base64.b64encode(v).decode()] for k, v in producer_headers(headers)
+        ],
         "replay_of": replay_of,
     }
 

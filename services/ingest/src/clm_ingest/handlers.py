@@ -15,27 +15,32 @@ from clm_ingest import repository
 
 
 def inbound_decoder(max_event_bytes: int, decode: Decoder) -> Decoder:
-    """The runner's decoder plus the size limit HTTP senders have: an oversized record is
-    dead-lettered like any invalid one (the broker does not enforce a size)."""
+    """The runner's decoder plus the rules HTTP senders meet: an oversized record (the
+    broker does not enforce a size) and a derived type are dead-lettered like any invalid
+    one, each with its own reason kind, not as a handler error (which pages the team)."""
 
-    def decode_limited(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> Event:
+    def decode_gated(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> Event:
         size = len(value or b"")
         if size > max_event_bytes:
             raise EventValidationError(
-                [FieldError("", f"event is {size} bytes; the limit is {max_event_bytes}")]
+                [FieldError("", f"event is {size} bytes; the limit is {max_event_bytes}")],
+                kind="too_large",
             )
-        return decode(headers, value)
+        event = decode(headers, value)
+        if event.type in DERIVED_TYPES:
+            reason = f"'{event.type}' is published by CLM itself; producers may not send it"
+            raise EventValidationError([FieldError("type", reason)], kind="derived_type")
+        return event
 
-    return decode_limited
+    return decode_gated
 
 
 def inbound_gate(topics: Topics) -> Handler:
     """Route validated inbound events to their domain topic, keyed by customer, through
     the outbox (so a crash between commit and publish loses nothing).
 
-    Undecodable messages never reach here: the runner dead-letters them. A derived type
-    (`lifecycle.*`, `campaign.*`) is refused here and the runner dead-letters that one
-    message alone.
+    Undecodable messages never reach here: the runner dead-letters what the decoder
+    refuses (invalid, unstorable, too large, derived types).
     """
 
     async def route(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
@@ -48,10 +53,6 @@ def inbound_gate(topics: Topics) -> Handler:
 
 
 def _routed(topics: Topics, event: Event, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
-    if event.type in DERIVED_TYPES:
-        raise ValueError(
-            f"event type '{event.type}' is derived: CLM publishes it itself, producers may not"
-        )
     return {
         "topic": topics.domain(event.type),
         "key": event.subject.encode(),

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from clm_events.catalog import DERIVED_TYPES, EventType
 from clm_events.envelope import Event, EventValidationError, encode_structured
+from clm_events.storable import UNSTORABLE
 
 T = TypeVar("T")
 
@@ -20,6 +21,7 @@ class Reason(StrEnum):
     """Why an event was refused; also the `reason` label of the rejection metric."""
 
     invalid = "invalid"
+    unstorable_text = UNSTORABLE  # U+0000 and the like: no service could store the event
     derived_type = "derived_type"
     too_large = "too_large"
     forbidden_source = "forbidden_source"
@@ -27,7 +29,13 @@ class Reason(StrEnum):
 
 # The status of a refused request follows its most serious problem.
 STATUS = {Reason.too_large: 413, Reason.forbidden_source: 403}
-_SEVERITY = [Reason.too_large, Reason.forbidden_source, Reason.derived_type, Reason.invalid]
+_SEVERITY = [
+    Reason.too_large,
+    Reason.forbidden_source,
+    Reason.derived_type,
+    Reason.unstorable_text,
+    Reason.invalid,
+]
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,8 @@ def admit(
     for i, result in enumerate(parsed):
         index = i if batch else None
         if isinstance(result, EventValidationError):
-            problems += [Problem(index, e.path, e.reason, Reason.invalid) for e in result.errors]
+            kind = Reason.unstorable_text if result.kind == UNSTORABLE else Reason.invalid
+            problems += [Problem(index, e.path, e.reason, kind) for e in result.errors]
             continue
         event_type = str(result.type)
         if result.type in DERIVED_TYPES:

@@ -13,7 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from clm_events.catalog import DERIVED_TYPES, EventType
-from clm_events.envelope import Event, EventValidationError, FieldError, parse_event
+from clm_events.envelope import (
+    Event,
+    EventValidationError,
+    FieldError,
+    check_storable,
+    parse_event,
+)
 
 DEFAULT_TRACK_EVENTS: Mapping[str, EventType] = {
     "Order Completed": EventType.PURCHASE_COMPLETED,
@@ -150,6 +156,7 @@ def to_cloudevent(
     """
     if not isinstance(msg, Mapping):
         raise _fail("", "message must be a JSON object")
+    check_storable(msg)  # before the fields are read: errors name what the sender wrote
     call = call or msg.get("type")
     if call not in CALLS:
         shown = f"'{str(call)[:32]}'" if call is not None else "missing"
@@ -189,7 +196,12 @@ def to_cloudevent(
     }
     if isinstance(anonymous_id, str) and anonymous_id:
         event["anonymousid"] = anonymous_id  # CloudEvents extension: kept for identity joins
-    paths = {"id": "messageId", "subject": subject_path, "time": time_path}
+    paths = {
+        "id": "messageId",
+        "subject": subject_path,
+        "time": time_path,
+        "anonymousid": "anonymousId",
+    }
     try:
         return parse_event({k: v for k, v in event.items() if v is not None})
     except EventValidationError as exc:
