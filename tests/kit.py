@@ -88,11 +88,16 @@ async def read_topic(
 
 @asynccontextmanager
 async def running(
-    package: str, database_url: str, bootstrap: str, **overrides: Any
+    package: str,
+    database_url: str,
+    bootstrap: str,
+    *,
+    topic_prefix: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """A service's app with its consumers and loops running, on fresh topics and consumer
-    groups; yields an HTTP client for it and its Runtime (`runtime.topics`, ...).
-    Keyword arguments override the service's settings."""
+    """A service's app with its consumers and loops running, on fresh topics (or those of
+    `topic_prefix`, to chain services) and consumer groups; yields an HTTP client for it
+    and its Runtime (`runtime.topics`, ...). Keyword arguments override its settings."""
     config = importlib.import_module(f"{package}.config")
     main = importlib.import_module(f"{package}.main")
     settings = config.Settings(
@@ -106,7 +111,7 @@ async def running(
         common=ClmSettings(
             database_url=database_url,
             kafka_bootstrap_servers=bootstrap,
-            topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
+            topic_prefix=topic_prefix or f"s{uuid.uuid4().hex[:8]}.",
             topic_partitions=2,
             log_json=False,
         ),

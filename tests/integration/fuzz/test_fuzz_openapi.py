@@ -14,31 +14,20 @@ refits the scoring model and creates campaign triggers, which other tests must n
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-import sqlalchemy as sa
-import uvicorn
+from fuzzkit import serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from kit import SERVICES, bearer, make_key, running
+from kit import SERVICES, bearer, make_key
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from clm_devstack.procs import free_port
-from clm_events.migrations import migrate, migrate_auth
 
 EXAMPLES = int(os.environ.get("CLM_FUZZ_EXAMPLES", "6"))
 CHECKS = [not_a_server_error, response_schema_conformance]
@@ -51,51 +40,6 @@ pytestmark = pytest.mark.filterwarnings(
     # Raised from inside schemathesis' own strategies, not from this test.
     "ignore:Do not use the `random` module inside strategies"
 )
-
-
-@pytest.fixture(scope="module")
-async def fuzz_database(database_url: str) -> AsyncIterator[str]:
-    """A fresh database on the test server with every service's schema migrated."""
-    name = f"fuzz_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
-        await asyncio.to_thread(migrate_auth, url)
-        for package in SERVICES:
-            models = importlib.import_module(f"{package}.models")
-            scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
-            await asyncio.to_thread(migrate, scripts, url=url, schema=models.SCHEMA)
-        yield url
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
-
-
-@asynccontextmanager
-async def serving(package: str, database_url: str, bootstrap: str) -> AsyncIterator[str]:
-    """The service running (kit.running) and served over HTTP; yields its base URL."""
-    async with running(package, database_url, bootstrap) as (client, _):
-        transport = client._transport  # the app kit.running built and started
-        assert isinstance(transport, httpx.ASGITransport)
-        port = free_port("127.0.0.1")
-        config = uvicorn.Config(
-            transport.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn stopped before it started")
-                await asyncio.sleep(0.02)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
 
 
 def fuzz(schema: Any, base_url: str, headers: dict[str, str], package: str) -> dict[str, str]:
@@ -132,7 +76,7 @@ async def test_fuzz_openapi_no_server_errors_and_responses_match_schema(
     package: str, fuzz_database: str, bootstrap_servers: str
 ) -> None:
     key = await make_key(fuzz_database, "admin")
-    async with serving(package, fuzz_database, bootstrap_servers) as base_url:
+    async with serving(package, fuzz_database, bootstrap_servers) as (base_url, _):
         async with httpx.AsyncClient() as http:
             spec = (await http.get(f"{base_url}/openapi.json")).raise_for_status().json()
         schema = schemathesis.openapi.from_dict(spec)
