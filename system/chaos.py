@@ -175,7 +175,13 @@ def run_once(
     smtp = SmtpServer()
     smtp.start()
     hook = WebhookReceiver()
-    system = System(workdir / name, extra_env=service_env(smtp_port=smtp.port))
+    # The whole population's history arrives within the send window, each customer's
+    # events spread over it: time moves a customer only once the window has passed, as it
+    # would for a history imported customer by customer.
+    settle = len(events) / rate + 5.0
+    system = System(
+        workdir / name, extra_env=service_env(smtp_port=smtp.port, settle_seconds=settle)
+    )
     loop = asyncio.new_event_loop()
     results: dict[str, Any] = {}
     try:

@@ -32,12 +32,17 @@ log = logging.getLogger("system")
 INBOUND = "clm.events.inbound"
 
 
-def service_env(*, smtp_port: int | None = None, fast_recovery: bool = True) -> dict[str, str]:
+def service_env(
+    *, smtp_port: int | None = None, fast_recovery: bool = True, settle_seconds: float = 2.0
+) -> dict[str, str]:
     """Settings for system runs: local webhook and SMTP targets, no contact cap (every
-    transition may fire), and quick recovery after a crash."""
+    transition may fire), quick recovery after a crash, and the stage engine's settle
+    window: how long a customer's events may keep arriving before time moves them (these
+    runs send a year of history in minutes; see StageEngine.settle_seconds)."""
     env = {
         "CLM_CAMPAIGNS_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "CLM_CAMPAIGNS_GLOBAL_CAP_MAX": "1000000",
+        "CLM_STAGE_ENGINE_SETTLE_SECONDS": str(settle_seconds),
         "CLM_LOG_LEVEL": "WARNING",
     }
     if smtp_port is not None:

@@ -63,12 +63,18 @@ async def wait_for(
 
 @asynccontextmanager
 async def instance(
-    database_url: str, bootstrap: str, prefix: str, group: str | None = None
+    database_url: str,
+    bootstrap: str,
+    prefix: str,
+    group: str | None = None,
+    settle_seconds: float = 1.0,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """One stage-engine instance on the topics named by `prefix`, in consumer `group`."""
+    """One stage-engine instance on the topics named by `prefix`, in consumer `group`.
+    The settle window is short: these tests send histories in a burst, then wait."""
     settings = Settings(
         group_id=group or f"g-{uuid.uuid4().hex[:8]}",
         timer_interval=0.2,
+        settle_seconds=settle_seconds,
         common=ClmSettings(
             database_url=database_url,
             kafka_bootstrap_servers=bootstrap,

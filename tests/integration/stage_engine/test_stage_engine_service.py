@@ -3,8 +3,10 @@ transitions are published, the API answers, models change over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,7 +59,9 @@ async def test_events_and_time_move_customers_through_the_default_stages(
     journeys = _journeys(u)
     ada, bob, cid = list(journeys)
     read = bearer(await make_key(migrated, "read"))
-    async with running("clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2) as (
+    async with running(
+        "clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2, settle_seconds=1.0
+    ) as (
         client,
         runtime,
     ):
@@ -180,7 +184,9 @@ async def test_the_timer_leaves_a_customer_alone_until_time_could_move_them(
     buyer, visitor = f"new-{u}", f"visitor-{u}"
     bought = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
     read = bearer(await make_key(migrated, "read"))
-    async with running("clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2) as (
+    async with running(
+        "clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2, settle_seconds=1.0
+    ) as (
         client,
         runtime,
     ):
@@ -224,7 +230,9 @@ async def test_a_model_change_over_http_reevaluates_customers_and_emits_transiti
     carol = f"carol-{u}"
     read = bearer(await make_key(migrated, "read"))
     admin = bearer(await make_key(migrated, "admin"))
-    async with running("clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2) as (
+    async with running(
+        "clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2, settle_seconds=1.0
+    ) as (
         client,
         runtime,
     ):
@@ -317,3 +325,65 @@ async def test_a_model_change_over_http_reevaluates_customers_and_emits_transiti
         assert (
             await client.put("/v1/lifecycle-model", json=restore, headers=admin)
         ).status_code == 200
+
+
+async def test_a_history_arriving_event_by_event_settles_and_a_late_event_retracts(
+    migrated: str, bootstrap_servers: str
+) -> None:
+    """Orders of months ago sent one at a time: time moves the customer only once they
+    stop arriving, so nothing published is rewritten by the next order. A later order
+    dated in between rewrites the history: what it removed is announced as retracted,
+    before what replaced it, and each transition says which entry into its stage it is."""
+    u = uuid.uuid4().hex[:8]
+    cust = f"hist-{u}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    read = bearer(await make_key(migrated, "read"))
+    async with running(
+        "clm_stage_engine", migrated, bootstrap_servers, timer_interval=0.2, settle_seconds=3.0
+    ) as (client, runtime):
+        prefix, topic = runtime.topics.prefix, runtime.topics.transitions
+
+        async def order(name: str, days_ago: int) -> None:
+            when = _iso(now - timedelta(days=days_ago))
+            await _publish(bootstrap_servers, prefix, [buy(cust, f"{u}-{name}", when)])
+
+        async def history() -> list[str]:
+            r = await client.get(f"/v1/customers/{cust}/transitions", headers=read)
+            return [t["id"] for t in r.json()["transitions"]] if r.status_code == 200 else []
+
+        async def mine(until: Callable[[list[Any]], bool]) -> list[Any]:
+            def done(events: list[Any]) -> bool:
+                return until([e for e in events if e.subject == cust])
+
+            return [e for e in await published(bootstrap_servers, topic, done) if e.subject == cust]
+
+        def ids(events: list[Any], kind: str) -> list[str]:
+            return [e.data.transition_id for e in events if e.type == kind]
+
+        async def purchases() -> Any:
+            r = await client.get(f"/v1/customers/{cust}", headers=read)
+            return r.json()["facts"]["purchases_total"] if r.status_code == 200 else 0
+
+        for n, days_ago in enumerate((400, 380, 360)):
+            await order(str(n), days_ago)
+            await wait_for(purchases, lambda total, n=n: total == n + 1)
+            await asyncio.sleep(1.0)  # time enough for the timer, were it not held back
+        settled = await wait_for(history, lambda h: len(h) >= 4)  # ... at_risk, lapsed
+        events = await mine(lambda es: set(ids(es, CHANGED)) >= set(settled))
+        assert [e.type for e in events] == [CHANGED] * len(settled)
+        assert ids(events, CHANGED) == settled
+        assert [e.data.entry for e in events] == [1] * len(settled)
+
+        # A purchase dated 100 days after the last one: at_risk and lapsed move later.
+        await order("late", 260)
+        rewritten = await wait_for(history, lambda h: h != settled)
+        gone = set(settled) - set(rewritten)
+        assert gone
+        events = (await mine(lambda es: set(ids(es, RETRACTED)) >= gone))[len(settled) :]
+        assert set(ids(events, RETRACTED)) == gone
+        first_new = next(n for n, e in enumerate(events) if e.type == CHANGED)
+        assert {e.type for e in events[:first_new]} == {RETRACTED}  # retractions come first
+        assert ids(events, CHANGED) == [t for t in rewritten if t not in settled]
+
+
+CHANGED, RETRACTED = "lifecycle.stage_changed", "lifecycle.transition_retracted"

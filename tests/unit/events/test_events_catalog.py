@@ -29,7 +29,12 @@ V1_TYPES = {
     "web.identified",
     "web.page_viewed",
 }
-DERIVED = {"lifecycle.stage_changed", "lifecycle.score_updated", "campaign.action_fired"}
+DERIVED = {
+    "lifecycle.stage_changed",
+    "lifecycle.transition_retracted",
+    "lifecycle.score_updated",
+    "campaign.action_fired",
+}
 
 
 def test_catalog_has_every_design_type_and_a_data_model_for_each() -> None:

@@ -49,6 +49,12 @@ MINIMAL_DATA: dict[str, dict[str, Any]] = {
         "at": "2026-11-20T10:15:00Z",
         "cause": "first purchase",
     },
+    "lifecycle.transition_retracted": {
+        "transition_id": "tr-1",
+        "to_stage": "at_risk",
+        "at": "2026-11-20T10:15:00Z",
+        "cause": "time",
+    },
     "lifecycle.score_updated": {
         "clv": "120.50",
         "churn_probability": 0.2,

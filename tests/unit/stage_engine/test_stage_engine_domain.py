@@ -21,7 +21,7 @@ from clm_stage_engine.domain.model import (
     Rule,
     compile_model,
 )
-from clm_stage_engine.domain.timeline import Timeline, advance, reevaluate
+from clm_stage_engine.domain.timeline import Timeline, advance, next_tick, reevaluate
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 DAY = 86_400_000_000
@@ -112,6 +112,28 @@ def test_a_high_churn_score_moves_a_customer_to_at_risk() -> None:
     tl = run([buy(0, "o1"), buy(5, "o2"), inp(6, "lifecycle.score_updated", "sc", **score)], 6)
     assert stages(tl)[-1] == ("active", "at_risk", "event")
     assert tl.history[-1].event == ("shop", "sc", "lifecycle.score_updated")
+
+
+def test_a_score_later_than_the_clock_waits_for_it_instead_of_moving_it() -> None:
+    """Scores carry the wall clock: one for a customer whose older events are still
+    arriving must not pull the clock to its time, or the next event rewrites the history."""
+    score = {"clv": 50.0, "churn_probability": 0.8, "p_alive": 0.2, "expected_purchases": 0.1}
+    tl = Timeline("c-1")
+    advance(tl, MODEL, [buy(0, "o1")])
+    out = advance(tl, MODEL, [inp(200, "lifecycle.score_updated", "sc", **score)])
+    assert tl.evaluated_until == at(0) and tl.stage == "onboarding"
+    assert [i.id for i in out.fresh] == ["sc"]  # stored, not evaluated yet
+    assert tl.due_at == next_tick(at(0))  # the next midnight comes before the score
+    # The customer's next (older than the score) purchase arrives: nothing to rewrite.
+    out = advance(tl, MODEL, [buy(5, "o2")])
+    assert not out.dropped and tl.evaluated_until == at(5)
+    # The timer brings the clock to the score and past it: the same history as all at once.
+    advance(tl, MODEL, [], at(210))
+    reference = run(
+        [buy(0, "o1"), buy(5, "o2"), inp(200, "lifecycle.score_updated", "sc", **score)], 210
+    )
+    assert [t.compact() for t in tl.history] == [t.compact() for t in reference.history]
+    assert tl.pending == []
 
 
 def test_facts_follow_event_time_windows_refunds_and_open_items() -> None:

@@ -35,6 +35,7 @@ class EventType(StrEnum):
     WEB_PAGE_VIEWED = "web.page_viewed"
     # Derived: published by CLM itself, never accepted from producers.
     LIFECYCLE_STAGE_CHANGED = "lifecycle.stage_changed"
+    LIFECYCLE_TRANSITION_RETRACTED = "lifecycle.transition_retracted"
     LIFECYCLE_SCORE_UPDATED = "lifecycle.score_updated"
     CAMPAIGN_ACTION_FIRED = "campaign.action_fired"
 
@@ -42,6 +43,7 @@ class EventType(StrEnum):
 DERIVED_TYPES: frozenset[EventType] = frozenset(
     {
         EventType.LIFECYCLE_STAGE_CHANGED,
+        EventType.LIFECYCLE_TRANSITION_RETRACTED,
         EventType.LIFECYCLE_SCORE_UPDATED,
         EventType.CAMPAIGN_ACTION_FIRED,
     }
@@ -227,6 +229,26 @@ class LifecycleStageChanged(EventData):
     cause: str
     facts: dict[str, Any] = Field(default_factory=dict)
     model_version: Annotated[int, Field(strict=True)] | None = None
+    # The transition's own id: the event id too, unless the transition was retracted
+    # before and is published again (then the event id carries a suffix).
+    transition_id: Id | None = None
+    # 1 for the customer's first entry into `to_stage`, 2 for the second, ...: a
+    # transition a late event rewrote and a replay re-created has the same entry.
+    entry: Annotated[int, Field(strict=True, ge=1)] | None = None
+    # "backfill" when a backfill published it (campaigns then send nothing unless the
+    # backfill was asked to, `send_actions`); absent for live processing.
+    origin: Literal["backfill"] | None = None
+    send_actions: bool | None = None
+
+
+class LifecycleTransitionRetracted(EventData):
+    """A published transition that a late event rewrote out of the customer's history."""
+
+    transition_id: Id
+    from_stage: Stage | None = None
+    to_stage: Stage
+    at: UtcDatetime
+    cause: str
 
 
 class LifecycleScoreUpdated(EventData):
@@ -258,6 +280,7 @@ DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.WEB_IDENTIFIED: WebIdentified,
     EventType.WEB_PAGE_VIEWED: WebPageViewed,
     EventType.LIFECYCLE_STAGE_CHANGED: LifecycleStageChanged,
+    EventType.LIFECYCLE_TRANSITION_RETRACTED: LifecycleTransitionRetracted,
     EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,
     EventType.CAMPAIGN_ACTION_FIRED: CampaignActionFired,
 }

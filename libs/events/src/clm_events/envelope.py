@@ -34,6 +34,7 @@ from clm_events.catalog import (
     EventType,
     LifecycleScoreUpdated,
     LifecycleStageChanged,
+    LifecycleTransitionRetracted,
     PurchaseCompleted,
     PurchaseRefunded,
     SupportNpsSubmitted,
@@ -241,6 +242,11 @@ class LifecycleStageChangedEvent(CloudEvent):
     data: LifecycleStageChanged
 
 
+class LifecycleTransitionRetractedEvent(CloudEvent):
+    type: Literal["lifecycle.transition_retracted"]
+    data: LifecycleTransitionRetracted
+
+
 class LifecycleScoreUpdatedEvent(CloudEvent):
     type: Literal["lifecycle.score_updated"]
     data: LifecycleScoreUpdated
@@ -265,6 +271,7 @@ Event = Annotated[
     | WebIdentifiedEvent
     | WebPageViewedEvent
     | LifecycleStageChangedEvent
+    | LifecycleTransitionRetractedEvent
     | LifecycleScoreUpdatedEvent
     | CampaignActionFiredEvent,
     Field(discriminator="type"),

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import Event, EventValidationError, parse_event
 from clm_stage_engine.domain.inputs import Input, from_event, to_us
-from clm_stage_engine.handlers import StageEngine
+from clm_stage_engine.handlers import Origin, StageEngine
 
 EVENT_COLUMNS = {"id", "source", "type", "subject", "time", "data"}
 ORDER_COLUMNS = {"customer_id", "order_id", "time", "amount", "currency"}
@@ -127,10 +127,14 @@ async def run(
     *,
     until: datetime | None = None,
     publish: bool = True,
+    send_actions: bool = False,
     batch_customers: int = 500,
 ) -> Summary:
     """Apply the events, customer by customer, in transactions of `batch_customers`.
-    Re-running it changes nothing: inputs are deduplicated by (source, id)."""
+    Re-running it changes nothing: inputs are deduplicated by (source, id).
+
+    The transitions it publishes say they come from a backfill: campaigns act on them only
+    with `send_actions` (and then still not on those older than a trigger's maximum age)."""
     by_customer: dict[str, list[Input]] = {}
     for e in events:
         i = from_event(e)
@@ -150,5 +154,6 @@ async def run(
                 clock=to_us(clock),
                 kind="backfill",
                 publish=publish,
+                origin=Origin(send_actions=send_actions),
             )
     return summary

@@ -43,6 +43,11 @@ def backfill(
     ),
     source: str = typer.Option("backfill", help="Event source for rows of an orders CSV."),
     publish: bool = typer.Option(True, help="Publish the transitions (through the outbox)."),
+    send_actions: bool = typer.Option(
+        False,
+        help="Let campaigns act on the published transitions (still not on those older than "
+        "a trigger's maximum age); by default a backfill sends nothing to customers.",
+    ),
 ) -> None:
     """Load historical events with event time as the clock (same result as live)."""
     clock = _until(until)
@@ -66,6 +71,7 @@ def backfill(
                 events,
                 until=clock,
                 publish=publish,
+                send_actions=send_actions,
             )
         finally:
             await engine.dispose()

@@ -3,6 +3,7 @@ from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
 from clm_stage_engine.domain.timeline import LOOK_AHEAD
+from clm_stage_engine.handlers import SETTLE_SECONDS
 
 
 class Settings(ServiceSettings):
@@ -19,4 +20,12 @@ class Settings(ServiceSettings):
         le=400,
         description="Days the timer probes ahead for a customer's next possible stage change; "
         "more means rarer re-checks and longer probes.",
+    )
+    settle_seconds: float = Field(
+        SETTLE_SECONDS,
+        ge=0,
+        le=86_400,
+        description="Seconds after a customer's latest event before time alone may move "
+        "them: a history arriving event by event settles first instead of being moved to "
+        "now after each event and rewritten by the next.",
     )

@@ -9,8 +9,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +33,9 @@ from clm_stage_engine.domain.timeline import (
 log = logging.getLogger(__name__)
 
 SOURCE = "clm/stage-engine"
+SETTLE_SECONDS = 60.0
+# Transitions a customer's timeline remembers as retracted (their republication ids).
+MAX_RETRACTIONS_KEPT = 100
 _HEADERS = json.dumps([["content-type", "application/cloudevents+json"]])  # jsonb text
 
 
@@ -83,13 +87,25 @@ class Models:
 
 class StageEngine:
     def __init__(
-        self, topics: Topics, models: Models | None = None, *, look_ahead: int = LOOK_AHEAD
+        self,
+        topics: Topics,
+        models: Models | None = None,
+        *,
+        look_ahead: int = LOOK_AHEAD,
+        settle_seconds: float = SETTLE_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.topics = topics
         self.models = models or Models()
         # Ticks (days) the timer probes ahead for a customer's due time. Events only set
         # the next tick: probing is the timer's work, off the event path.
         self.look_ahead = look_ahead
+        # How long after a customer's latest input the timer leaves them alone. A history
+        # arriving one call at a time (an import through the API, a replay) would
+        # otherwise be moved by time to "now" after each event, and every next, older
+        # event would rewrite what that published.
+        self.settle_seconds = settle_seconds
+        self.clock = clock
 
     # -- entry points ----------------------------------------------------------------
 
@@ -115,19 +131,24 @@ class StageEngine:
         clock: int | None = None,
         kind: str = "events",
         publish: bool = True,
+        origin: Origin | None = None,
     ) -> int:
         """Add inputs to customers' timelines and evaluate them up to their newest input
-        (or `clock`). Returns the number of transitions written."""
+        (or `clock`). Returns the number of transitions written. Live events (`kind`
+        "events") hold the customers back from the timer for `settle_seconds`."""
         started = time.perf_counter()
         model = await self.models.current(session)
         stored = await repo.lock_customers(session, list(by_customer))
         new = {cid for cid in by_customer if cid not in stored}
+        live = kind == "events" and self.settle_seconds > 0
         written = await self._process(
             session,
             model,
             await load_timelines(session, stored | dict.fromkeys(new), by_customer),
             lambda tl: advance(tl, model, by_customer[tl.customer], clock),
             publish=publish,
+            origin=origin,
+            settle=self.clock() + timedelta(seconds=self.settle_seconds) if live else None,
             new=new,
         )
         metrics.BATCH_SECONDS.labels(kind).observe(time.perf_counter() - started)
@@ -181,11 +202,13 @@ class StageEngine:
         step: Callable[[Timeline], Outcome],
         *,
         publish: bool = True,
+        origin: Origin | None = None,
+        settle: datetime | None = None,
         new: set[str] | None = None,
         full: bool = False,
     ) -> int:
         rows: list[repo.CustomerRow] = []
-        clocks: list[tuple[str, datetime | None, datetime | None]] = []
+        clocks: list[repo.Clock] = []
         truncate: list[tuple[str, int]] = []
         history: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []
@@ -199,22 +222,30 @@ class StageEngine:
                 continue
             inputs += [(cid, i.source, i.id, i.at, _json(i.to_json())) for i in out.fresh]
             failures.update(out.rule_failures)
-            until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None
-            due = tl.due_at
-            if out.inputs_changed or out.history_changed or full or (new and cid in new):
-                rows.append(self._row(tl, model.version, until, due))
-            else:
-                clocks.append((cid, until, from_us(due) if due is not None else None))
+            added = {t.id(cid) for t in out.added}
+            # Rebuilt with the same content (and so the same id): not news, either way.
+            gone = [t for t in out.dropped if t.id(cid) not in added]
             if out.dropped:
                 truncate.append((cid, out.kept))
-                metrics.RETRACTED.inc(len(out.dropped))
+                metrics.RETRACTED.inc(len(gone))
+            if publish:
+                # Retractions first: a consumer reads them before what replaced them.
+                outbox += [self._retraction_row(tl, t) for t in gone]
             retracted = {t.id(cid) for t in out.dropped}
             for n, t in enumerate(out.added):
                 tid = t.id(cid)
                 history.append(_history_row(cid, out.kept + n, tid, t))
                 if publish and tid not in retracted:
-                    outbox.append(self._outbox_row(cid, tid, t))
+                    outbox.append(self._outbox_row(tl, out.kept + n, origin))
                     moves[(t.from_stage or "none", t.to_stage, t.cause)] += 1
+            until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None
+            due = tl.due_at
+            # Time moves a customer only once their inputs have stopped arriving a while.
+            hold = settle if out.fresh else None
+            if out.inputs_changed or out.history_changed or full or (new and cid in new):
+                rows.append(self._row(tl, model.version, until, due, hold))
+            else:
+                clocks.append((cid, until, from_us(due) if due is not None else None, hold))
         await repo.add_inputs(session, inputs)
         await repo.save_customers(session, rows)
         await repo.save_clocks(session, clocks)
@@ -228,7 +259,11 @@ class StageEngine:
 
     @staticmethod
     def _row(
-        tl: Timeline, version: int, until: datetime | None, due: int | None
+        tl: Timeline,
+        version: int,
+        until: datetime | None,
+        due: int | None,
+        settle: datetime | None,
     ) -> repo.CustomerRow:
         f = tl.last_facts
         if f is None:
@@ -245,15 +280,33 @@ class StageEngine:
             churn_probability=f["churn_probability"],
             latest_nps=f["latest_nps"],
             timeline=_json(tl.to_json()),
+            settle_until=settle,
         )
 
-    def _outbox_row(self, customer: str, tid: str, t: Transition) -> dict[str, Any]:
+    def _outbox_row(self, tl: Timeline, position: int, origin: Origin | None) -> dict[str, Any]:
+        t = tl.history[position]
+        tid, event_id = t.id(tl.customer), tl.publication_id(t.id(tl.customer))
+        value = stage_changed_event(
+            tl.customer, event_id, t, transition_id=tid, entry=tl.entry(position), origin=origin
+        )
+        return self._topic_row(tl.customer, event_id, value)
+
+    def _retraction_row(self, tl: Timeline, t: Transition) -> dict[str, Any]:
+        tid = t.id(tl.customer)
+        times = tl.retracted.pop(tid, 0) + 1  # re-inserted: the newest retraction is last
+        tl.retracted[tid] = times
+        while len(tl.retracted) > MAX_RETRACTIONS_KEPT:
+            del tl.retracted[next(iter(tl.retracted))]
+        event_id = f"{tid}.x{times}"
+        return self._topic_row(tl.customer, event_id, retracted_event(tl.customer, event_id, t))
+
+    def _topic_row(self, customer: str, event_id: str, value: bytes) -> dict[str, Any]:
         return {
             "topic": self.topics.transitions,
             "key": customer.encode(),
-            "value": stage_changed_event(customer, tid, t),
+            "value": value,
             "headers": _HEADERS,
-            "event_id": tid,
+            "event_id": event_id,
         }
 
 
@@ -265,7 +318,23 @@ def _rfc3339(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
 
 
-def stage_changed_event(customer: str, tid: str, t: Transition) -> bytes:
+@dataclass(frozen=True)
+class Origin:
+    """Where published transitions come from, when not from live processing."""
+
+    kind: Literal["backfill"] = "backfill"
+    send_actions: bool = False  # a backfill asked campaigns to act on its transitions
+
+
+def stage_changed_event(
+    customer: str,
+    event_id: str,
+    t: Transition,
+    *,
+    transition_id: str | None = None,
+    entry: int | None = None,
+    origin: Origin | None = None,
+) -> bytes:
     """The `lifecycle.stage_changed` CloudEvent, byte for byte what encode_structured gives
     for the same new_event (a unit test holds them equal). Building and validating a
     pydantic model per transition cost as much as evaluating the customer; our own
@@ -279,13 +348,34 @@ def stage_changed_event(customer: str, tid: str, t: Transition) -> bytes:
         "facts": t.facts or {},
         "model_version": t.model_version,
     }
+    if transition_id is not None:
+        data["transition_id"] = transition_id
+    if entry is not None:
+        data["entry"] = entry
+    if origin is not None:
+        data |= {"origin": origin.kind, "send_actions": origin.send_actions}
     if t.event is not None:
         data["cause_event"] = {"source": t.event[0], "id": t.event[1], "type": t.event[2]}
+    return _event_bytes(customer, event_id, "lifecycle.stage_changed", at, data)
+
+
+def retracted_event(customer: str, event_id: str, t: Transition) -> bytes:
+    """`lifecycle.transition_retracted`: a published transition a late event rewrote out
+    of the history (same byte-for-byte rule as stage_changed_event)."""
+    at = _rfc3339(t.at)
+    data: dict[str, Any] = {"transition_id": t.id(customer)}
+    if t.from_stage is not None:
+        data["from_stage"] = t.from_stage
+    data |= {"to_stage": t.to_stage, "at": at, "cause": t.cause}
+    return _event_bytes(customer, event_id, "lifecycle.transition_retracted", at, data)
+
+
+def _event_bytes(customer: str, event_id: str, kind: str, at: str, data: dict[str, Any]) -> bytes:
     event = {
         "specversion": "1.0",
-        "id": tid,
+        "id": event_id,
         "source": SOURCE,
-        "type": "lifecycle.stage_changed",
+        "type": kind,
         "subject": customer,
         "time": at,
         "datacontenttype": "application/json",

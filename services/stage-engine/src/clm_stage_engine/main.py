@@ -11,7 +11,11 @@ from clm_stage_engine.timers import TimerLoop
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime.of("stage-engine", settings, models)
-    engine = StageEngine(rt.topics, look_ahead=settings.timer_look_ahead_days)
+    engine = StageEngine(
+        rt.topics,
+        look_ahead=settings.timer_look_ahead_days,
+        settle_seconds=settings.settle_seconds,
+    )
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[*rt.topics.domains, rt.topics.scores],

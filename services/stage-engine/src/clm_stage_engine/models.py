@@ -26,6 +26,8 @@ customers = sa.Table(
     sa.Column("churn_probability", sa.Float),
     sa.Column("latest_nps", sa.Integer),
     sa.Column("timeline", sa.LargeBinary, nullable=False),
+    # The timer leaves the customer alone until then: their inputs are still arriving.
+    sa.Column("settle_until", sa.DateTime(timezone=True)),
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),

@@ -83,6 +83,7 @@ class CustomerRow:
     churn_probability: float | None
     latest_nps: int | None
     timeline: bytes
+    settle_until: datetime | None = None  # the timer leaves the customer alone until then
 
 
 Stored = dict[str, tuple[bytes, datetime | None]]  # customer -> (timeline, evaluated_until)
@@ -167,7 +168,8 @@ async def claim_due(
 _CLAIM_DUE = (
     "SELECT customer_id, timeline, evaluated_until, "
     f"CASE WHEN model_version = $3 THEN due_at END FROM {customers.fullname} "
-    "WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    "WHERE due_at <= $1 AND (settle_until IS NULL OR settle_until <= $1) "
+    "ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED"
 )
 
 
@@ -206,6 +208,7 @@ _CUSTOMER_COLUMNS = (
     ("churn_probability", "float8"),
     ("latest_nps", "int"),
     ("timeline", "bytea"),
+    ("settle_until", "timestamptz"),
 )
 _UPDATED = ("stage", "stage_since", "evaluated_until", "due_at", "clv", "churn_probability")
 
@@ -218,6 +221,7 @@ def _upsert_customers(set_model_version: bool) -> str:
         f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (customer_id) DO UPDATE SET "
         + ", ".join(f"{n} = excluded.{n}" for n in names)
+        + f", settle_until = coalesce(excluded.settle_until, {customers.name}.settle_until)"
         + ", updated_at = now()"
     )
 
@@ -239,20 +243,21 @@ async def save_customers(
 
 _SAVE_CLOCKS = (
     f"UPDATE {customers.fullname} AS c "
-    "SET evaluated_until = u.until, due_at = u.due, updated_at = now() "
-    "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(id, until, due) "
-    "WHERE c.customer_id = u.id"
+    "SET evaluated_until = u.until, due_at = u.due, "
+    "settle_until = coalesce(u.settle, c.settle_until), updated_at = now() "
+    "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[]) "
+    "AS u(id, until, due, settle) WHERE c.customer_id = u.id"
 )
 
+Clock = tuple[str, datetime | None, datetime | None, datetime | None]
 
-async def save_clocks(
-    session: AsyncSession, clocks: Sequence[tuple[str, datetime | None, datetime | None]]
-) -> None:
-    """(customer, evaluated_until, due_at) of customers whose inputs and history did not
-    change: the timeline blob is left alone."""
+
+async def save_clocks(session: AsyncSession, clocks: Sequence[Clock]) -> None:
+    """(customer, evaluated_until, due_at, settle_until or None to keep it) of customers
+    whose inputs and history did not change: the timeline blob is left alone."""
     if clocks:
-        ids, until, due = zip(*clocks, strict=True)
-        await (await _driver(session)).execute(_SAVE_CLOCKS, list(ids), list(until), list(due))
+        columns = [list(c) for c in zip(*clocks, strict=True)]
+        await (await _driver(session)).execute(_SAVE_CLOCKS, *columns)
 
 
 async def mark_model_version(session: AsyncSession, ids: Sequence[str], version: int) -> None:

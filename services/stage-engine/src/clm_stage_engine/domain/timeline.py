@@ -19,6 +19,13 @@ to change nothing, are not evaluated again. Each re-check probes up to twice as 
 the last one (up to the configured look-ahead, shortened by a per-customer hash so
 customers woken together drift apart): a customer woken every day costs one probe, a
 quiet one is woken ever more rarely.
+
+A score does not move the clock. Scoring stamps a score with the wall clock, so for a
+customer whose history is still arriving (an import, a replay) a score would otherwise
+pull the clock to now, evaluate every tick up to it, and let the next (older) event
+rewrite all of that. A score later than the clock waits (`pending`) until an event or the
+timer brings the clock to its time, and is evaluated there: the history is the same
+function of the inputs, only the moment it is computed changes.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clm_stage_engine.domain.facts import Accumulator, to_json
-from clm_stage_engine.domain.inputs import US_PER_DAY, Input
+from clm_stage_engine.domain.inputs import SCORE, US_PER_DAY, Input
 from clm_stage_engine.domain.model import CompiledModel
 
 TICK = US_PER_DAY
@@ -112,6 +119,12 @@ class Timeline:
     _inputs: list[Input] | None = field(default=None, repr=False)
     # Keys of the inputs, built when a late input arrives.
     _keys: set[tuple[str, str]] | None = field(default=None, repr=False)
+    # Scores later than the clock, in order: stored, not yet folded or evaluated.
+    pending: list[Input] = field(default_factory=list, repr=False)
+    # Transition id -> how many times a late event retracted it after it was published:
+    # a transition published again gets a new event id, which consumers do not drop as a
+    # repeat of the first publication.
+    retracted: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def inputs(self) -> list[Input]:
@@ -143,17 +156,24 @@ class Timeline:
         return self.history[-1].at if self.history else None
 
     def fold(self) -> Accumulator:
-        """The fold of every input (built from them if it was not stored)."""
+        """The fold of every input up to the clock (built from them if it was not stored)."""
         if self.folded is None:
             self.folded = Accumulator()
+            until = self.evaluated_until
             for i in self.inputs:
-                self.folded.add(i)
+                if until is not None and i.at <= until:  # later ones are pending scores
+                    self.folded.add(i)
         return self.folded
 
     def to_json(self) -> dict[str, Any]:
         """History and the fold; the inputs and the clock are stored apart (the inputs
         grow, the clock changes far more often)."""
-        return {"h": [t.compact() for t in self.history], "a": self.fold().to_json()}
+        out: dict[str, Any] = {"h": [t.compact() for t in self.history], "a": self.fold().to_json()}
+        if self.pending:
+            out["p"] = [i.to_json() for i in self.pending]
+        if self.retracted:
+            out["x"] = self.retracted
+        return out
 
     @classmethod
     def from_json(cls, customer: str, raw: dict[str, Any], evaluated_until: int | None) -> Timeline:
@@ -163,7 +183,19 @@ class Timeline:
             evaluated_until,
             folded=Accumulator.from_json(raw["a"]) if "a" in raw else None,
             _raw=None,
+            pending=[Input.from_json(i) for i in raw.get("p", ())],
+            retracted=dict(raw.get("x", {})),
         )
+
+    def publication_id(self, tid: str) -> str:
+        """The event id a transition is published under (see `retracted`)."""
+        n = self.retracted.get(tid, 0)
+        return tid if n == 0 else f"{tid}.{n}"
+
+    def entry(self, position: int) -> int:
+        """Which entry into its stage the transition at `position` is (1 = the first)."""
+        stage = self.history[position].to_stage
+        return 1 + sum(1 for t in self.history[:position] if t.to_stage == stage)
 
 
 def advance(
@@ -184,10 +216,14 @@ def advance(
     far as the span they covered."""
     until = tl.evaluated_until
     acc: Accumulator | None = None
-    if tl.folded is not None and until is not None and all(i.at > until for i in new_inputs):
-        # Stored inputs are all at or before the clock, so none of these can repeat one
-        # (the store refuses an id reused at another time): only repeats within the batch
-        # are dropped (the first kept, as below), and the fold takes them from here.
+    arrived = bool(new_inputs)
+    if tl.pending:  # a repeat of a pending score is a repeat like any other
+        pending_keys = {i.key for i in tl.pending}
+        new_inputs = [i for i in new_inputs if i.key not in pending_keys]
+    if tl.folded is not None and (until is None or all(i.at > until for i in new_inputs)):
+        # Stored inputs are all at or before the clock, or pending, so none of these can
+        # repeat one (the store refuses an id reused at another time): only repeats within
+        # the batch are dropped (the first kept, as below), and the fold takes them from here.
         first: dict[tuple[str, str], Input] = {}
         for i in new_inputs:
             first.setdefault(i.key, i)
@@ -212,14 +248,19 @@ def advance(
         if fresh:
             tl.inputs.extend(fresh)
             tl.inputs.sort(key=lambda i: i.order)
-    candidates = [c for c in (until, clock, *(i.at for i in fresh)) if c is not None]
-    if not candidates:
+    moving = [i for i in fresh if i.kind != SCORE]
+    candidates = [c for c in (until, clock, *(i.at for i in moving)) if c is not None]
+    waiting = sorted([*tl.pending, *(i for i in fresh if i.kind == SCORE)], key=lambda i: i.order)
+    target = max(candidates) if candidates else None
+    ready = [i for i in waiting if target is not None and i.at <= target]
+    tl.pending = [i for i in waiting if target is None or i.at > target]
+    if target is None:  # only scores, and no clock yet: they wait for one
+        tl.due_at = tl.pending[0].at if tl.pending else None
         return Outcome(len(tl.history), [], [], fresh)
-    target = max(candidates)
-    if not fresh and until is not None and target <= until:
-        if new_inputs:
+    if not fresh and not ready and until is not None and target <= until:
+        if arrived:
             return Outcome(len(tl.history), [], [], [], touched=False)
-        tl.due_at = next_tick(until) if tl.fold().anchored else None
+        tl.due_at = _with_pending(tl, next_tick(until) if tl.fold().anchored else None)
         return Outcome(len(tl.history), [], [], [])
 
     earliest = min((i.at for i in fresh), default=None)
@@ -246,12 +287,13 @@ def advance(
             keep -= 1
     old_tail = tl.history[keep:]
     del tl.history[keep:]
-    if acc is None:  # a late input or no fold yet: replay every input
+    if acc is None:  # a late input or no fold yet: replay every input up to the target
         failures, acc = _replay(tl, model, Accumulator(), tl.inputs, lo, inclusive, target)
     else:
-        failures, acc = _replay(tl, model, acc, fresh, lo, inclusive, target)
-    tl.evaluated_until, tl.folded = target, acc  # target >= every input: acc folds them all
-    tl.due_at = _due(tl, model, acc, look_ahead)
+        due_now = sorted([*moving, *ready], key=lambda i: i.order)
+        failures, acc = _replay(tl, model, acc, due_now, lo, inclusive, target)
+    tl.evaluated_until, tl.folded = target, acc  # acc folds every input up to the target
+    tl.due_at = _with_pending(tl, _due(tl, model, acc, look_ahead))
     new_tail = tl.history[keep:]
     # A replay usually rebuilds most of what it dropped: only the difference is news.
     common = 0
@@ -261,6 +303,15 @@ def advance(
     ):
         common += 1
     return Outcome(keep + common, old_tail[common:], new_tail[common:], fresh, failures)
+
+
+def _with_pending(tl: Timeline, due: int | None) -> int | None:
+    """The due time, brought forward to the first pending score: the timer evaluates it
+    once the clock may reach it."""
+    if not tl.pending:
+        return due
+    first = tl.pending[0].at
+    return first if due is None else min(due, first)
 
 
 def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) -> int | None:
@@ -346,7 +397,10 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
     """Evaluate the customer under a new model as of `clock` (the time of the change);
     a different stage is a `model_change` transition."""
     at = max(clock, tl.evaluated_until or clock)
-    acc = tl.fold()  # every input is at or before the clock
+    acc = tl.fold()  # every input up to the clock
+    for i in [i for i in tl.pending if i.at <= at]:  # the change itself brings them in
+        acc.add(i)
+    tl.pending = [i for i in tl.pending if i.at > at]
     facts = acc.facts(at)
     tl.last_facts = facts
     since = tl.since
@@ -360,5 +414,5 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
             Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, to_json(facts))
         )
         tl.history.extend(added)
-    tl.due_at = _due(tl, model, acc, look_ahead)
+    tl.due_at = _with_pending(tl, _due(tl, model, acc, look_ahead))
     return Outcome(keep, [], added, [], failed)
