@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import Stage
+from clm_stage_engine import kpis
 from clm_stage_engine import repository as repo
 from clm_stage_engine.domain.facts import to_json
 from clm_stage_engine.domain.inputs import from_us, to_us
@@ -23,7 +24,6 @@ from clm_stage_engine.handlers import load_timelines
 
 router = APIRouter(prefix="/v1")
 CustomerId = Annotated[str, Path(min_length=1, max_length=256)]
-CUSTOMER_STAGES = ("onboarding", "active", "loyal", "advocate", "at_risk", "won_back")
 MAX_WINDOW = timedelta(days=3660)
 
 
@@ -148,10 +148,6 @@ async def get_flows(
     }
 
 
-def _rate(part: int, whole: int) -> float | None:
-    return round(part / whole, 6) if whole else None
-
-
 @router.get("/kpis", tags=["statistics"])
 async def get_kpis(
     request: Request, _: ReadKey, start: From = None, end: To = None
@@ -160,28 +156,7 @@ async def get_kpis(
     churn rate, prospect-to-customer conversion, average CLV per stage and NPS."""
     start, end = _window(start, end)
     async with _sessions(request)() as session:
-        at_start, retained = await repo.retained(session, start, end, CUSTOMER_STAGES)
-        churned = await repo.moved(session, start, end, CUSTOMER_STAGES, "lapsed")
-        prospects = await repo.entered(session, start, end, "prospect")
-        converted = await repo.moved(session, start, end, ["prospect"], "onboarding")
-        clv = await repo.clv_by_stage(session)
-        responses, promoters, detractors = await repo.nps_counts(session)
-    return {
-        "from": _iso(start),
-        "to": _iso(end),
-        "customers_at_start": at_start,
-        "retention_rate": _rate(retained, at_start),
-        "churn_rate": _rate(churned, at_start),
-        "prospects": prospects,
-        "conversion_rate": _rate(converted, prospects),
-        "average_clv_by_stage": {k: round(v, 2) for k, v in sorted(clv.items())},
-        "nps": {
-            "score": round(100 * (promoters - detractors) / responses, 2) if responses else None,
-            "responses": responses,
-            "promoters": promoters,
-            "detractors": detractors,
-        },
-    }
+        return {"from": _iso(start), "to": _iso(end), **await kpis.over(session, start, end)}
 
 
 # -- lifecycle model -----------------------------------------------------------------

@@ -418,6 +418,24 @@ async def moved(
     )
 
 
+async def churned(
+    session: AsyncSession, start: datetime, end: datetime, customer_stages: Sequence[str], to: str
+) -> int:
+    """Of the customers in a customer stage at `start`, those who moved to `to` in the
+    window: the numerator of a rate over the customers at the start (one who became a
+    customer and lapsed within the window is not in the denominator, so not here)."""
+    t, a = transitions, _stage_at(start)
+    return int(
+        await session.scalar(
+            sa.select(sa.func.count(sa.distinct(t.c.customer_id)))
+            .select_from(t.join(a, a.c.customer_id == t.c.customer_id))
+            .where(a.c.stage.in_(customer_stages), t.c.at >= start, t.c.at < end)
+            .where(t.c.to_stage == to)
+        )
+        or 0
+    )
+
+
 async def entered(session: AsyncSession, start: datetime, end: datetime, stage: str) -> int:
     """Customers who were in `stage` at some point of the window (at its start, or moved in)."""
     t = transitions
