@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "clm/stage-engine"
 SETTLE_SECONDS = 60.0
-# Transitions a customer's timeline remembers as retracted (their republication ids).
-MAX_RETRACTIONS_KEPT = 100
+
 _HEADERS = json.dumps([["content-type", "application/cloudevents+json"]])  # jsonb text
 
 
@@ -222,21 +221,16 @@ class StageEngine:
                 continue
             inputs += [(cid, i.source, i.id, i.at, _json(i.to_json())) for i in out.fresh]
             failures.update(out.rule_failures)
-            added = {t.id(cid) for t in out.added}
-            # Rebuilt with the same content (and so the same id): not news, either way.
-            gone = [t for t in out.dropped if t.id(cid) not in added]
+            gone, published = out.news(cid, tl.history)
             if out.dropped:
                 truncate.append((cid, out.kept))
                 metrics.RETRACTED.inc(len(gone))
-            if publish:
-                # Retractions first: a consumer reads them before what replaced them.
-                outbox += [self._retraction_row(tl, t) for t in gone]
-            retracted = {t.id(cid) for t in out.dropped}
             for n, t in enumerate(out.added):
-                tid = t.id(cid)
-                history.append(_history_row(cid, out.kept + n, tid, t))
-                if publish and tid not in retracted:
-                    outbox.append(self._outbox_row(tl, out.kept + n, origin))
+                history.append(_history_row(cid, out.kept + n, t.id(cid), t))
+            if publish:
+                for event_id, value in publications(tl, out, origin):
+                    outbox.append(self._topic_row(cid, event_id, value))
+                for t in (tl.history[p] for p in published):
                     moves[(t.from_stage or "none", t.to_stage, t.cause)] += 1
             until = from_us(tl.evaluated_until) if tl.evaluated_until is not None else None
             due = tl.due_at
@@ -283,23 +277,6 @@ class StageEngine:
             settle_until=settle,
         )
 
-    def _outbox_row(self, tl: Timeline, position: int, origin: Origin | None) -> dict[str, Any]:
-        t = tl.history[position]
-        tid, event_id = t.id(tl.customer), tl.publication_id(t.id(tl.customer))
-        value = stage_changed_event(
-            tl.customer, event_id, t, transition_id=tid, entry=tl.entry(position), origin=origin
-        )
-        return self._topic_row(tl.customer, event_id, value)
-
-    def _retraction_row(self, tl: Timeline, t: Transition) -> dict[str, Any]:
-        tid = t.id(tl.customer)
-        times = tl.retracted.pop(tid, 0) + 1  # re-inserted: the newest retraction is last
-        tl.retracted[tid] = times
-        while len(tl.retracted) > MAX_RETRACTIONS_KEPT:
-            del tl.retracted[next(iter(tl.retracted))]
-        event_id = f"{tid}.x{times}"
-        return self._topic_row(tl.customer, event_id, retracted_event(tl.customer, event_id, t))
-
     def _topic_row(self, customer: str, event_id: str, value: bytes) -> dict[str, Any]:
         return {
             "topic": self.topics.transitions,
@@ -316,6 +293,26 @@ def _json(value: Any) -> bytes:
 
 def _rfc3339(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+def publications(tl: Timeline, out: Outcome, origin: Origin | None) -> list[tuple[str, bytes]]:
+    """(event id, event) of what a step tells consumers, in order: the retractions first,
+    so a consumer reads them before what replaced them."""
+    gone, published = out.news(tl.customer, tl.history)
+    messages = []
+    for t in gone:
+        event_id = tl.retract(t)
+        messages.append((event_id, retracted_event(tl.customer, event_id, t)))
+    for position in published:
+        t = tl.history[position]
+        tid = t.id(tl.customer)
+        event_id = tl.publication_id(tid)
+        entry = tl.entry(position)
+        value = stage_changed_event(
+            tl.customer, event_id, t, transition_id=tid, entry=entry, origin=origin
+        )
+        messages.append((event_id, value))
+    return messages
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ EVENT, TIME, MODEL_CHANGE = "event", "time", "model_change"
 
 # Ticks (days) the timer probes ahead for a customer's due time, unless configured.
 LOOK_AHEAD = 30
+# Transitions a customer's timeline remembers as retracted (their republication ids).
+MAX_RETRACTIONS_KEPT = 100
 
 
 def next_tick(moment: int) -> int:
@@ -96,6 +99,30 @@ class Outcome:
     @property
     def history_changed(self) -> bool:
         return bool(self.dropped or self.added)
+
+    def news(self, customer: str, history: list[Transition]) -> tuple[list[Transition], list[int]]:
+        """What this step tells consumers about `history` (the timeline's, after the step):
+        the transitions it removed (to retract, in order) and the positions of those it
+        added. A transition rebuilt with the same content (so the same id) and the same
+        entry into its stage is neither; one whose entry changed (an earlier entry into
+        the stage came or went) is both, so consumers learn its entry."""
+        prefix = Counter(t.to_stage for t in history[: self.kept])
+
+        def entries(transitions: list[Transition]) -> dict[str, int]:
+            seen, out = Counter(prefix), {}
+            for t in transitions:
+                seen[t.to_stage] += 1
+                out[t.id(customer)] = seen[t.to_stage]
+            return out
+
+        old, new = entries(self.dropped), entries(self.added)
+        gone = [t for t in self.dropped if new.get(t.id(customer)) != old[t.id(customer)]]
+        published = [
+            self.kept + n
+            for n, t in enumerate(self.added)
+            if old.get(t.id(customer)) != new[t.id(customer)]
+        ]
+        return gone, published
 
 
 @dataclass
@@ -186,6 +213,15 @@ class Timeline:
             pending=[Input.from_json(i) for i in raw.get("p", ())],
             retracted=dict(raw.get("x", {})),
         )
+
+    def retract(self, t: Transition) -> str:
+        """Remember that a published transition was retracted; the retraction's event id."""
+        tid = t.id(self.customer)
+        times = self.retracted.pop(tid, 0) + 1  # re-inserted: the newest retraction is last
+        self.retracted[tid] = times
+        while len(self.retracted) > MAX_RETRACTIONS_KEPT:
+            del self.retracted[next(iter(self.retracted))]
+        return f"{tid}.x{times}"
 
     def publication_id(self, tid: str) -> str:
         """The event id a transition is published under (see `retracted`)."""
