@@ -84,21 +84,48 @@ def transition(
     *,
     facts: dict[str, Any] | None = None,
     event_id: str | None = None,
+    at: datetime | None = None,
+    **data: Any,
 ) -> bytes:
-    now = datetime.now(UTC)
+    """A `lifecycle.stage_changed` as the stage engine publishes it; `data` adds fields
+    such as transition_id, entry, origin and send_actions."""
+    at = at or datetime.now(UTC)
     return encode_structured(
         new_event(
             "lifecycle.stage_changed",
             id=event_id or f"tr-{uuid.uuid4().hex}",
             source="clm/stage-engine",
             subject=customer,
+            time=at,
+            data={
+                "from_stage": from_stage,
+                "to_stage": to_stage,
+                "at": at,
+                "cause": "test",
+                "facts": facts or {},
+                **data,
+            },
+        )
+    )
+
+
+def retraction(
+    customer: str, transition_id: str, to_stage: str, from_stage: str | None = "active"
+) -> bytes:
+    now = datetime.now(UTC)
+    return encode_structured(
+        new_event(
+            "lifecycle.transition_retracted",
+            id=f"{transition_id}.x1",
+            source="clm/stage-engine",
+            subject=customer,
             time=now,
             data={
+                "transition_id": transition_id,
                 "from_stage": from_stage,
                 "to_stage": to_stage,
                 "at": now,
                 "cause": "test",
-                "facts": facts or {},
             },
         )
     )
@@ -171,3 +198,16 @@ def webhook_trigger(url: str, to_stage: str = "at_risk", **extra: Any) -> dict[s
 
 # The local webhook receiver listens on loopback, which the SSRF guard refuses by default.
 ALLOW_LOCAL = {"webhook_allowed_networks": ["127.0.0.1/32"]}
+
+
+async def isolate(engine: AsyncEngine) -> None:
+    """Tests share the campaigns schema: earlier tests' triggers must not fire and their
+    unsent actions must not be dispatched to receivers that are gone."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE campaigns.triggers SET enabled = false"))
+        await conn.execute(
+            sa.text(
+                "UPDATE campaigns.actions SET status = 'failed', last_error = 'test isolation' "
+                "WHERE status IN ('pending', 'sending')"
+            )
+        )

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from campaignkit import WebhookReceiver
+from campaignkit import WebhookReceiver, isolate
 from kit import make_key
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,16 +16,7 @@ from clm_devstack.procs import free_port
 
 @pytest.fixture(autouse=True)
 async def isolated_campaigns(migrated: str, engine: AsyncEngine) -> None:
-    """Tests share the campaigns schema: earlier tests' triggers must not fire and their
-    unsent actions must not be dispatched to receivers that are gone."""
-    async with engine.begin() as conn:
-        await conn.execute(sa.text("UPDATE campaigns.triggers SET enabled = false"))
-        await conn.execute(
-            sa.text(
-                "UPDATE campaigns.actions SET status = 'failed', last_error = 'test isolation' "
-                "WHERE status IN ('pending', 'sending')"
-            )
-        )
+    await isolate(engine)
 
 
 @pytest.fixture

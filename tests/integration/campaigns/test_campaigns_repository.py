@@ -35,6 +35,8 @@ def _action(customer: str, status: str, **changes: Any) -> dict[str, Any]:
         "delivered_at": None,
         "conversion_window_seconds": 3600,
         "converted_at": None,
+        "entry_key": "active#1",
+        "occasion": {"id": "e1", "data": {"amount": "ü"}},
         **changes,
     }
 

@@ -109,9 +109,11 @@ def test_templates_cannot_reach_python_internals() -> None:
     assert caught.value.security
 
 
-def test_a_missing_template_field_is_an_error_not_an_empty_string() -> None:
-    with pytest.raises(TemplateProblem, match="email"):
-        compile_template("{{ customer.traits.email }}").render({"customer": {"traits": {}}})
+def test_a_missing_template_field_renders_empty_or_names_its_path_when_asked() -> None:
+    t = compile_template('{"email": {{ customer.traits.email | tojson }}}')
+    assert t.render({"customer": {"traits": {}}}) == '{"email": null}'
+    with pytest.raises(TemplateProblem, match=r"customer\.traits\.email"):
+        t.render({"customer": {"traits": {}}}, missing="suppress")
 
 
 def test_templates_see_jinja_globals_on_every_render() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -24,8 +25,9 @@ from clm_campaigns.domain.evaluate import (
 )
 from clm_campaigns.domain.projection import Occasion
 from clm_campaigns.domain.stats import Group, summarize
-from clm_campaigns.domain.templates import TemplateProblem
+from clm_campaigns.domain.templates import TemplateProblem, missing_paths
 from clm_campaigns.domain.triggers import (
+    STORED,
     OnEvent,
     OnTransition,
     TriggerDefinition,
@@ -275,6 +277,40 @@ async def trigger_versions(
     return [TriggerVersion(**{**v, "definition": _masked(v["definition"])}) for v in versions]
 
 
+@router.post("/triggers/{trigger_id}/enroll")
+async def enroll(
+    trigger_id: str,
+    request: Request,
+    session: Session,
+    caller: AdminKey,
+    after: Annotated[str, Query(max_length=256, description="`next` of the previous page")] = "",
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> dict[str, Any]:
+    """A transition trigger acts only on entries that happen after it exists; this acts on
+    customers who already are in its stage, one page of customers at a time (call again
+    with `after` = `next` until it is null). Each gets what a new entry would: condition,
+    re-entry control, caps, holdout and schedule; enrolling twice sends nothing twice."""
+    row = await _current(session, trigger_id)
+    if not row.enabled:
+        raise HTTPException(409, "the trigger is disabled: enable it first")
+    stored = TriggerDefinition.model_validate(row.definition, context=STORED)
+    if not isinstance(stored.on, OnTransition):
+        raise HTTPException(422, "only transition triggers enroll customers already in their stage")
+    trigger = compile_trigger(row.id, row.version, stored)
+    rows, following = await request.app.state.campaigns.enroll(
+        session, trigger, after=after, limit=limit
+    )
+    request.app.state.dispatcher.wake()
+    statuses = Counter(r["status"] for r in rows)
+    reasons = Counter(r["suppressed_reason"] for r in rows if r["suppressed_reason"])
+    return {
+        "enrolled": len(rows),
+        "by_status": dict(statuses),
+        "suppressed": dict(reasons),
+        "next": following,
+    }
+
+
 @router.post("/triggers/{trigger_id}/preview", response_model=PreviewOut)
 async def preview(
     trigger_id: str, body: PreviewIn, session: Session, caller: AdminKey
@@ -282,7 +318,9 @@ async def preview(
     """Render the action for a customer as it would be sent now, without sending or
     recording anything."""
     row = await _current(session, trigger_id)
-    trigger = compile_trigger(row.id, row.version, TriggerDefinition.model_validate(row.definition))
+    trigger = compile_trigger(
+        row.id, row.version, TriggerDefinition.model_validate(row.definition, context=STORED)
+    )
     return await _render_preview(session, trigger, body, trigger_id=row.id)
 
 
@@ -293,11 +331,14 @@ async def _render_preview(
     if state is None:
         raise HTTPException(404, f"customer {body.customer_id!r} is not known to campaigns yet")
     occasion = _sample_occasion(trigger.definition, body, state.stage, state.scores)
+    context = template_context(trigger, state, occasion, "act_preview")
+    missing = sorted({p for t in trigger.templates.values() for p in missing_paths(t, context)})
     try:
-        rendered = render(trigger, template_context(trigger, state, occasion, "act_preview"))
-    except TemplateProblem as exc:
+        rendered = render(trigger, context, missing=trigger.definition.missing_variables)
+    except TemplateProblem as exc:  # its message names the missing path or the limit
         raise HTTPException(422, str(exc)) from exc
     return PreviewOut(
+        missing=missing,
         trigger_id=trigger_id,
         customer_id=state.customer_id,
         channel=trigger.channel,

@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clm_campaigns import metrics, repository
 from clm_campaigns.channels import EmailSender, Outcome, WebhookSender
 from clm_campaigns.config import Settings
+from clm_campaigns.domain.evaluate import needs_state, occasion_of, still_sendable
 from clm_campaigns.domain.policy import retry_delay
+from clm_campaigns.domain.triggers import (
+    STORED,
+    CompiledTrigger,
+    TriggerDefinition,
+    compile_trigger,
+)
 from clm_campaigns.handlers import Fired, actions_fired
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Claimed
@@ -56,6 +63,7 @@ class Dispatcher:
         self._has_done = asyncio.Event()
         self._in_flight = 0  # claimed, not yet recorded
         self._last_gauges = 0.0
+        self._triggers: dict[tuple[str, int], CompiledTrigger] = {}  # by (id, version)
 
     def wake(self) -> None:
         """Claim now instead of at the next poll (called after a commit wrote actions)."""
@@ -107,6 +115,8 @@ class Dispatcher:
         lease = timedelta(seconds=self._s.dispatch_lease_seconds)
         async with self._sessions() as session, session.begin():
             claimed = await repository.claim_due(session, limit=limit, lease=lease)
+            stopped = await self._recheck(session, claimed)
+            claimed = [c for c in claimed if c.id not in stopped]
             kafka = [c for c in claimed if c.channel == "kafka"]
             if kafka:
                 await self._publish(session, kafka)
@@ -117,6 +127,48 @@ class Dispatcher:
                 self._in_flight += 1
                 self._to_send.put_nowait((c, deadline))
         return len(claimed)
+
+    async def _recheck(self, session: AsyncSession, claimed: list[Claimed]) -> dict[str, str]:
+        """Exit criteria at send time: suppress (with the reason) claimed actions whose
+        trigger was disabled since, whose condition no longer holds on the customer's
+        current state, or (if the trigger asks) whose customer left its stage."""
+        if not claimed:
+            return {}
+        found = await repository.trigger_versions_of(
+            session, ((c.trigger_id, c.trigger_version) for c in claimed)
+        )
+        triggers = {key: (self._compiled(key, d), on) for key, (d, on) in found.items()}
+        readers = [c for c in claimed if _key(c) in triggers and needs_state(triggers[_key(c)][0])]
+        states = await repository.load_customers(
+            session, sorted({c.customer_id for c in readers}), lock=False
+        )
+        stopped: dict[str, str] = {}
+        for c in claimed:
+            if _key(c) not in triggers:  # no such version any more: nothing to send it by
+                stopped[c.id] = "trigger_disabled"
+                continue
+            trigger, enabled = triggers[_key(c)]
+            state = states.get(c.customer_id)
+            reason = still_sendable(
+                trigger, enabled=enabled, state=state, occasion=occasion_of(c.occasion)
+            )
+            if reason is not None:
+                stopped[c.id] = reason
+        if stopped:
+            await repository.suppress_claimed(session, stopped)
+            gone = [(c, "suppressed") for c in claimed if c.id in stopped]
+            await actions_fired(session, self._actions_topic, [_fired(c, s) for c, s in gone])
+            for reason, n in Counter(stopped.values()).items():
+                metrics.SUPPRESSIONS.labels(reason).inc(n)
+            _count(gone, datetime.now(UTC))
+        return stopped
+
+    def _compiled(self, key: tuple[str, int], definition: dict[str, Any]) -> CompiledTrigger:
+        compiled = self._triggers.get(key)
+        if compiled is None:
+            stored = TriggerDefinition.model_validate(definition, context=STORED)
+            compiled = self._triggers[key] = compile_trigger(key[0], key[1], stored)
+        return compiled
 
     async def _publish(self, session: AsyncSession, claimed: list[Claimed]) -> None:
         """Kafka actions: the message goes into the outbox in the claiming transaction."""
@@ -267,6 +319,10 @@ def _row(
         "delivered_at": delivered_at,
         "last_error": error,
     }
+
+
+def _key(c: Claimed) -> tuple[str, int]:
+    return (c.trigger_id, c.trigger_version)
 
 
 def _fired(c: Claimed, status: str) -> Fired:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,10 +20,17 @@ from clm_campaigns.domain.evaluate import condition_context, fires_on, render, t
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
 from clm_campaigns.domain.projection import CustomerState, Occasion
 from clm_campaigns.domain.templates import TemplateProblem
-from clm_campaigns.domain.triggers import CompiledTrigger, TriggerDefinition, compile_trigger
+from clm_campaigns.domain.triggers import (
+    STORED,
+    CompiledTrigger,
+    OnTransition,
+    TriggerDefinition,
+    compile_trigger,
+)
 from clm_campaigns.models import outbox
+from clm_campaigns.repository import Entry
 from clm_events.consumer import Delivery
-from clm_events.envelope import new_event
+from clm_events.envelope import Event, new_event
 from clm_events.outbox import add_events
 
 SOURCE = "clm/campaigns"
@@ -41,13 +48,79 @@ class TriggerCache:
             key = (trigger_id, version)
             if key not in self._compiled:
                 self._compiled[key] = compile_trigger(
-                    trigger_id, version, TriggerDefinition.model_validate(definition)
+                    trigger_id,
+                    version,
+                    TriggerDefinition.model_validate(definition, context=STORED),
                 )
             out.append(self._compiled[key])
         live = {(t.id, t.version) for t in out}
         for key in [k for k in self._compiled if k not in live]:
             del self._compiled[key]
         return out
+
+
+def entry_key(trigger: CompiledTrigger, occasion: Occasion) -> str:
+    """Which customer entry an occasion is, for re-entry control: the n-th stay in the
+    trigger's stage for a transition (the same for a transition a replay re-created),
+    the causing event otherwise."""
+    if isinstance(trigger.definition.on, OnTransition) and occasion.entry is not None:
+        return f"{occasion.to_stage}#{occasion.entry}"
+    if occasion.transition_id is not None:
+        return f"transition:{occasion.transition_id}"
+    return f"event:{occasion.event_source}/{occasion.event_id}"
+
+
+def settled_history_reason(
+    trigger_id: str,
+    definition: TriggerDefinition,
+    occasion: Occasion,
+    entry: str,
+    acted: Sequence[Entry],
+    now: datetime,
+) -> str | None:
+    """Why an action for this occasion must not be sent whatever its caps say: a backfill
+    that was not asked to send, an occasion older than the trigger's maximum age, or an
+    entry the trigger already acted on (or may not act on again)."""
+    if occasion.backfill and not occasion.send_actions:
+        return "backfill"
+    age = definition.max_age_seconds
+    if age is not None and now - occasion.time > timedelta(seconds=age):
+        return "stale"
+    mine = [a for a in acted if a.trigger_id == trigger_id]
+    if any(a.key == entry for a in mine):
+        return "duplicate_entry"
+    reentry = definition.reentry
+    if reentry.mode == "once" and mine:
+        return "reentry"
+    if reentry.mode == "once_per" and reentry.period_seconds is not None:
+        period = timedelta(seconds=reentry.period_seconds)
+        if any(abs(a.cause_time - occasion.time) < period for a in mine):
+            return "reentry"
+    return None
+
+
+def _retract(
+    cause: str,
+    rows: list[dict[str, Any]],
+    acted: list[Entry],
+    triggers: dict[str, CompiledTrigger],
+) -> None:
+    """A transition was retracted: this batch's pending actions for it are suppressed, and
+    its pending entries stop counting, so what replaces it may act on the same entry. An
+    entry already sent (or being sent) keeps counting: the customer has the message."""
+
+    def rechecks(trigger_id: str) -> bool:
+        trigger = triggers.get(trigger_id)
+        return trigger is None or trigger.definition.recheck.transition
+
+    for r in rows:
+        if r["cause_event"] == cause and r["status"] == "pending" and rechecks(r["trigger_id"]):
+            r.update(status="suppressed", suppressed_reason="retracted")
+    acted[:] = [
+        a
+        for a in acted
+        if not (a.cause == cause and a.status == "pending" and rechecks(a.trigger_id))
+    ]
 
 
 def new_action_id() -> str:
@@ -91,6 +164,13 @@ async def actions_fired(session: AsyncSession, topic: str, fired: Sequence[Fired
 
 
 @dataclass
+class Batch:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # actions, as repository rows
+    purchases: list[tuple[str, datetime]] = field(default_factory=list)
+    retracted: list[str] = field(default_factory=list)  # causes, `<source>/<transition id>`
+
+
+@dataclass
 class Campaigns:
     """The consumer handler (a callable the runner gives each batch and its session)."""
 
@@ -106,14 +186,47 @@ class Campaigns:
         ids = sorted({d.event.subject for d in deliveries})
         states = await repository.load_customers(session, ids)
         contacts: dict[str, list[PastContact]] = {}
+        acted: dict[str, list[Entry]] = {}
         if compiled:
             contacts = await repository.recent_contacts(
                 session, ids, now - self._lookback(compiled)
             )
-        rows: list[dict[str, Any]] = []
-        purchases: list[tuple[str, datetime]] = []
-        for d in deliveries:
-            e = d.event
+            acted = await repository.entries(session, ids, [t.id for t in compiled])
+        batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
+        await repository.save_customers(session, states.values())
+        # Before this batch's rows go in: a transition retracted and published again in
+        # this batch has a new, pending action that must stay.
+        keep = [t.id for t in compiled if not t.definition.recheck.transition]
+        gone = await repository.suppress_retracted(session, batch.retracted, keep)
+        await repository.insert_actions(session, batch.rows)
+        await actions_fired(
+            session,
+            self.actions_topic,
+            [
+                Fired(r["id"], r["customer_id"], r["trigger_id"], r["channel"], r["status"])
+                for r in batch.rows
+                if r["status"] != "pending"
+            ]
+            + [Fired(g.id, g.customer_id, g.trigger_id, g.channel, "suppressed") for g in gone],
+        )
+        await repository.record_conversions(session, batch.purchases)
+        self._after_commit(session, batch.rows, retracted=len(gone))
+
+    def decide(
+        self,
+        events: Sequence[Event],
+        states: dict[str, CustomerState],
+        compiled: list[CompiledTrigger],
+        contacts: dict[str, list[PastContact]],
+        acted: dict[str, list[Entry]],
+        now: datetime,
+    ) -> Batch:
+        """A batch in order, with no I/O: the projection (`states`, updated in place), the
+        actions the triggers record, and the transitions retracted meanwhile (whose pending
+        actions from earlier batches are to be suppressed)."""
+        by_id = {t.id: t for t in compiled}
+        batch = Batch()
+        for e in events:
             state = states.setdefault(e.subject, CustomerState(e.subject))
             occasion = projection.apply(
                 state,
@@ -124,14 +237,49 @@ class Campaigns:
                 data=e.data.model_dump(mode="json"),
             )
             if e.type == "purchase.completed":
-                purchases.append((e.subject, e.time))
+                batch.purchases.append((e.subject, e.time))
+            if e.type == "lifecycle.transition_retracted" and occasion.transition_id:
+                cause = f"{e.source}/{occasion.transition_id}"
+                batch.retracted.append(cause)
+                _retract(cause, batch.rows, acted.get(e.subject, []), by_id)
             for trigger in compiled:
                 if fires_on(trigger, occasion) and trigger.condition.matches(
                     condition_context(state, occasion, trigger.condition.reads)
                 ):
-                    row = self._action(trigger, state, occasion, contacts, now)
-                    rows.append(row)
-        await repository.save_customers(session, states.values())
+                    batch.rows.append(self._action(trigger, state, occasion, contacts, acted, now))
+        return batch
+
+    async def enroll(
+        self, session: AsyncSession, trigger: CompiledTrigger, *, after: str, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Act on customers who already are in a transition trigger's stage, as if they had
+        just entered it: the same entry (a later re-entry rule, a real transition of that
+        entry, or a second enrolment are deduplicated against it), condition, caps,
+        holdout and schedule. One page of customers by id; returns the actions and where
+        the next page starts (None: done)."""
+        on = trigger.definition.on
+        assert isinstance(on, OnTransition)
+        now = datetime.now(UTC)
+        states = await repository.customers_in_stage(session, on.to_stage.value, after, limit)
+        ids = [s.customer_id for s in states]
+        contacts = await repository.recent_contacts(session, ids, now - self._lookback([trigger]))
+        acted = await repository.entries(session, ids, [trigger.id])
+        rows = []
+        for state in states:
+            occasion = Occasion(
+                event_id=state.stage_transition or f"enrolled-{trigger.id}",
+                event_source="clm/stage-engine",
+                event_type="lifecycle.stage_changed",
+                time=now,  # enrolled now: not stale, whenever they entered the stage
+                data={"to_stage": state.stage, "cause": "enrolled"},
+                to_stage=state.stage,
+                transition_id=state.stage_transition,
+                entry=state.stage_entry,
+            )
+            if trigger.condition.matches(
+                condition_context(state, occasion, trigger.condition.reads)
+            ):
+                rows.append(self._action(trigger, state, occasion, contacts, acted, now))
         await repository.insert_actions(session, rows)
         await actions_fired(
             session,
@@ -142,8 +290,8 @@ class Campaigns:
                 if r["status"] != "pending"
             ],
         )
-        await repository.record_conversions(session, purchases)
         self._after_commit(session, rows)
+        return rows, (ids[-1] if len(ids) == limit else None)
 
     def _lookback(self, compiled: list[CompiledTrigger]) -> timedelta:
         longest = max(
@@ -165,57 +313,85 @@ class Campaigns:
         state: CustomerState,
         occasion: Occasion,
         contacts: dict[str, list[PastContact]],
+        acted: dict[str, list[Entry]],
         now: datetime,
     ) -> dict[str, Any]:
-        mine = contacts.setdefault(state.customer_id, [])
+        definition = trigger.definition
+        cause = f"{occasion.event_source}/{occasion.transition_id or occasion.event_id}"
+        entry = entry_key(trigger, occasion)
+        row: dict[str, Any] = {
+            "id": new_action_id(),
+            "trigger_id": trigger.id,
+            "trigger_version": trigger.version,
+            "customer_id": state.customer_id,
+            "channel": trigger.channel,
+            "status": "suppressed",
+            "suppressed_reason": None,
+            "deferred_reason": None,
+            "target": {},
+            "payload": None,
+            "cause_event": cause,
+            "cause_time": occasion.time,
+            "created_at": now,
+            "due_at": now,
+            "attempts": 0,
+            "last_error": None,
+            "delivered_at": None,
+            "conversion_window_seconds": definition.conversion_window_seconds,
+            "converted_at": None,
+            "entry_key": entry,
+            # Kept for the send-time re-check when the condition reads the event.
+            "occasion": occasion.as_context() if "event" in trigger.condition.reads else None,
+        }
+        mine = acted.setdefault(state.customer_id, [])
+        settled = settled_history_reason(trigger.id, definition, occasion, entry, mine, now)
+        if settled is not None:
+            row["suppressed_reason"] = settled
+            return row
         decision = decide(
             trigger_id=trigger.id,
-            definition=trigger.definition,
+            definition=definition,
             customer_id=state.customer_id,
-            contacts=mine,
+            contacts=contacts.setdefault(state.customer_id, []),
             now=now,
             timezone=state.timezone,
             global_cap=self.global_cap,
             default_timezone=self.default_timezone,
         )
-        action_id = new_action_id()
-        row: dict[str, Any] = {
-            "id": action_id,
-            "trigger_id": trigger.id,
-            "trigger_version": trigger.version,
-            "customer_id": state.customer_id,
-            "channel": trigger.channel,
-            "status": decision.status,
-            "suppressed_reason": decision.suppressed_reason,
-            "deferred_reason": decision.deferred_reason,
-            "target": {},
-            "payload": None,
-            "cause_event": f"{occasion.event_source}/{occasion.event_id}",
-            "cause_time": occasion.time,
-            "created_at": now,
-            "due_at": decision.due_at,
-            "attempts": 0,
-            "last_error": None,
-            "delivered_at": None,
-            "conversion_window_seconds": trigger.definition.conversion_window_seconds,
-            "converted_at": None,
-        }
+        row.update(
+            status=decision.status,
+            suppressed_reason=decision.suppressed_reason,
+            deferred_reason=decision.deferred_reason,
+            due_at=decision.due_at,
+        )
+        if decision.status == "held_out":
+            mine.append(Entry(trigger.id, entry, occasion.time, cause, "held_out"))
         if decision.status != "pending":
             return row
         # Rendered now, with the projection as of this event: a delayed or held action
         # sends what was true when it fired, and a re-send sends the same bytes.
+        context = template_context(trigger, state, occasion, row["id"])
         try:
-            rendered = render(trigger, template_context(trigger, state, occasion, action_id))
+            rendered = render(trigger, context, missing=definition.missing_variables)
         except TemplateProblem as exc:
-            row.update(status="failed", last_error=str(exc))
+            if exc.kind in ("missing_variable", "limit"):
+                reason = "missing_variable" if exc.kind == "missing_variable" else "template_limit"
+                row.update(status="suppressed", suppressed_reason=reason, last_error=str(exc))
+            else:
+                row.update(status="failed", last_error=str(exc))
             return row
         row.update(target=rendered.target, payload=rendered.payload)
-        mine.append(PastContact(trigger.id, now))  # later matches in this batch see it
+        contacts[state.customer_id].append(PastContact(trigger.id, now))  # later matches see it
+        mine.append(Entry(trigger.id, entry, occasion.time, cause, "pending"))
         return row
 
-    def _after_commit(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    def _after_commit(
+        self, session: AsyncSession, rows: list[dict[str, Any]], *, retracted: int = 0
+    ) -> None:
         counts = Counter((r["trigger_id"], r["channel"], r["status"]) for r in rows)
         suppressed = Counter(r["suppressed_reason"] for r in rows if r["suppressed_reason"])
+        if retracted:
+            suppressed["retracted"] += retracted
         deferred = Counter(r["deferred_reason"] for r in rows if r["deferred_reason"])
         wake = self.on_commit
 

@@ -21,20 +21,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         actions_topic=rt.topics.actions,
         on_outbox=relay.wake if relay is not None else None,
     )
+    campaigns = Campaigns(
+        triggers=TriggerCache(),
+        actions_topic=rt.topics.actions,
+        global_cap=GlobalCap(
+            settings.global_cap_max, timedelta(seconds=settings.global_cap_period_seconds)
+        ),
+        default_timezone=settings.default_timezone,
+        on_commit=dispatcher.wake,
+    )
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[rt.topics.transitions, rt.topics.scores, *rt.topics.domains],
-        handler=Campaigns(
-            triggers=TriggerCache(),
-            actions_topic=rt.topics.actions,
-            global_cap=GlobalCap(
-                settings.global_cap_max, timedelta(seconds=settings.global_cap_period_seconds)
-            ),
-            default_timezone=settings.default_timezone,
-            on_commit=dispatcher.wake,
-        ),
+        handler=campaigns,
     )
     rt.add_background("dispatcher", dispatcher.run)
     app = create_service_app(rt, title="CLM campaigns", routers=[api.router])
     app.state.dispatcher = dispatcher
+    app.state.campaigns = campaigns  # the API enrolls customers through it
     return app

@@ -51,6 +51,8 @@ customers = sa.Table(
     sa.Column("scores", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("scores_at", sa.DateTime(timezone=True)),
     sa.Column("recent_purchases", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("stage_transition", sa.Text),  # the transition that set `stage`
+    sa.Column("stage_entry", sa.Integer),  # ... and which entry into the stage it was
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
@@ -80,7 +82,14 @@ actions = sa.Table(
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     sa.Column("conversion_window_seconds", sa.Integer, nullable=False),
     sa.Column("converted_at", sa.DateTime(timezone=True)),
+    # Which customer entry the action is for (re-entry control): `<stage>#<n>` for a
+    # transition trigger, the causing event otherwise.
+    sa.Column("entry_key", sa.Text),
+    # The causing event as conditions see it, kept when the condition reads `event`, so
+    # the send-time re-check evaluates the same expression.
+    sa.Column("occasion", JSONB),
     sa.Index("ix_actions_customer", "customer_id", "created_at"),
+    sa.Index("ix_actions_cause", "cause_event"),
     sa.Index("ix_actions_trigger", "trigger_id", "status"),
     sa.Index(
         "ix_actions_due",

@@ -220,6 +220,8 @@ def _state(row: Any) -> CustomerState:
         scores=dict(row.scores),
         scores_at=row.scores_at,
         recent_purchases=list(row.recent_purchases),
+        stage_transition=row.stage_transition,
+        stage_entry=row.stage_entry,
     )
 
 
@@ -240,6 +242,23 @@ _LOAD_CUSTOMERS = sa.select(customers).where(customers.c.customer_id == _IDS)
 _LOCK_CUSTOMERS = _LOAD_CUSTOMERS.order_by(customers.c.customer_id).with_for_update()
 
 
+async def customers_in_stage(
+    session: AsyncSession, stage: str, after: str, limit: int
+) -> list[CustomerState]:
+    """Customers now in `stage`, by id after `after` (keyset paging), locked like a
+    consumed batch's customers: an enrolment and a transition of the same customer do
+    not interleave."""
+    c = customers
+    rows = await session.execute(
+        sa.select(customers)
+        .where(c.c.stage == stage, c.c.customer_id > after)
+        .order_by(c.c.customer_id)
+        .limit(limit)
+        .with_for_update()
+    )
+    return [_state(r) for r in rows]
+
+
 async def get_customer(session: AsyncSession, customer_id: str) -> CustomerState | None:
     return (await load_customers(session, [customer_id], lock=False)).get(customer_id)
 
@@ -255,6 +274,8 @@ async def save_customers(session: AsyncSession, states: Iterable[CustomerState])
             "scores": s.scores,
             "scores_at": s.scores_at,
             "recent_purchases": s.recent_purchases,
+            "stage_transition": s.stage_transition,
+            "stage_entry": s.stage_entry,
         }
         for s in states
     ]
@@ -267,7 +288,7 @@ async def save_customers(session: AsyncSession, states: Iterable[CustomerState])
 
 CUSTOMER_COLUMNS = (
     "customer_id", "stage", "stage_at", "traits", "facts", "scores", "scores_at",
-    "recent_purchases",
+    "recent_purchases", "stage_transition", "stage_entry",
 )  # fmt: skip
 
 
@@ -307,11 +328,88 @@ _RECENT_CONTACTS = sa.select(
 )
 
 
+# Statuses that count as having acted on an entry (re-entry control): a held-out entry is
+# measured as one, so a re-created transition is not a second chance to treat it.
+ENTRY_STATUSES = ("pending", "sending", "delivered", "held_out")
+
+
+@dataclass(frozen=True)
+class Entry:
+    trigger_id: str
+    key: str | None
+    cause_time: datetime
+    cause: str  # the causing event, `<source>/<id>` (a transition's id for transitions)
+    status: str
+
+
+async def entries(
+    session: AsyncSession, customer_ids: Sequence[str], trigger_ids: Sequence[str]
+) -> dict[str, list[Entry]]:
+    """The entries these triggers acted on for these customers, by customer."""
+    if not customer_ids or not trigger_ids:
+        return {}
+    rows = await session.execute(
+        _ENTRIES, {"ids": list(customer_ids), "triggers": list(trigger_ids)}
+    )
+    out: dict[str, list[Entry]] = {}
+    for r in rows:
+        out.setdefault(r.customer_id, []).append(
+            Entry(r.trigger_id, r.entry_key, r.cause_time, r.cause_event, r.status)
+        )
+    return out
+
+
+_ENTRIES = sa.select(
+    actions.c.customer_id,
+    actions.c.trigger_id,
+    actions.c.entry_key,
+    actions.c.cause_time,
+    actions.c.cause_event,
+    actions.c.status,
+).where(
+    actions.c.customer_id == _IDS,
+    actions.c.trigger_id == sa.any_(sa.bindparam("triggers", type_=ARRAY(sa.Text))),
+    actions.c.status.in_(ENTRY_STATUSES),
+)
+
+
+@dataclass(frozen=True)
+class Retracted:
+    id: str
+    customer_id: str
+    trigger_id: str
+    channel: str
+
+
+async def suppress_retracted(
+    session: AsyncSession, causes: Sequence[str], keep: Sequence[str]
+) -> list[Retracted]:
+    """Pending actions caused by these transitions (`<source>/<transition id>`), except
+    those of the triggers in `keep`, become suppressed as retracted. An action being sent
+    right now is not pending: it goes out (its send time came before the retraction)."""
+    if not causes:
+        return []
+    rows = await session.execute(_RETRACT, {"causes": list(causes), "keep": list(keep)})
+    return [Retracted(*r) for r in rows]
+
+
+_RETRACT = (
+    actions.update()
+    .where(
+        actions.c.cause_event == sa.any_(sa.bindparam("causes", type_=ARRAY(sa.Text))),
+        actions.c.status == "pending",
+        sa.not_(actions.c.trigger_id == sa.any_(sa.bindparam("keep", type_=ARRAY(sa.Text)))),
+    )
+    .values(status="suppressed", suppressed_reason="retracted", due_at=sa.func.now())
+    .returning(actions.c.id, actions.c.customer_id, actions.c.trigger_id, actions.c.channel)
+)
+
+
 ACTION_COLUMNS = (
     "id", "trigger_id", "trigger_version", "customer_id", "channel", "status",
     "suppressed_reason", "deferred_reason", "target", "payload", "cause_event", "cause_time",
     "created_at", "due_at", "attempts", "last_error", "delivered_at",
-    "conversion_window_seconds", "converted_at",
+    "conversion_window_seconds", "converted_at", "entry_key", "occasion",
 )  # fmt: skip
 _INSERT_ACTIONS = _insert_arrays(actions, ACTION_COLUMNS)
 
@@ -361,6 +459,8 @@ class Claimed:
     attempts: int
     cause_time: datetime
     secret: str | None
+    trigger_version: int
+    occasion: dict[str, Any] | None  # the causing event, when the condition reads it
 
 
 async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> list[Claimed]:
@@ -404,11 +504,30 @@ def _claim() -> Any:
             a.c.attempts,
             a.c.cause_time,
             secret,
+            a.c.trigger_version,
+            a.c.occasion,
         )
     )
 
 
 _CLAIM = _claim()
+
+
+async def trigger_versions_of(
+    session: AsyncSession, keys: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[dict[str, Any], bool]]:
+    """(definition of that version, whether the trigger is enabled now) per (id, version):
+    what the send-time re-check needs of the triggers of claimed actions."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    v, t = trigger_versions, triggers
+    rows = await session.execute(
+        sa.select(v.c.trigger_id, v.c.version, v.c.definition, t.c.enabled)
+        .join(t, t.c.id == v.c.trigger_id)
+        .where(sa.tuple_(v.c.trigger_id, v.c.version).in_(keys))
+    )
+    return {(r.trigger_id, r.version): (r.definition, bool(r.enabled)) for r in rows}
 
 
 _FINISHED = (
@@ -433,6 +552,22 @@ async def finish(session: AsyncSession, results: Sequence[dict[str, Any]]) -> No
     if first:
         rows = list(first.values())
         await session.execute(_FINISH, {f"b_{n}": [r[n] for r in rows] for n in FINISH_COLUMNS})
+
+
+async def suppress_claimed(session: AsyncSession, reasons: dict[str, str]) -> None:
+    """Claimed actions that the send-time re-check stopped: suppressed, with the reason."""
+    if reasons:
+        await session.execute(
+            _SUPPRESS_CLAIMED, {"ids": list(reasons), "reasons": list(reasons.values())}
+        )
+
+
+_SUPPRESS_CLAIMED = sa.text(
+    f"UPDATE {actions.fullname} AS a SET status = 'suppressed', suppressed_reason = r.reason, "
+    "due_at = now() "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:reasons AS text[])) AS r(id, reason) "
+    "WHERE a.id = r.id AND a.status = 'sending'"
+)
 
 
 async def backlog(session: AsyncSession) -> tuple[int, float]:
@@ -467,6 +602,7 @@ ACTION_FIELDS = (
     actions.c.last_error,
     actions.c.delivered_at,
     actions.c.converted_at,
+    actions.c.entry_key,
 )
 
 

@@ -67,6 +67,11 @@ class PreviewOut(BaseModel):
     target: dict[str, Any]
     payload: str
     payload_json: Any = None
+    missing: list[str] = Field(
+        default_factory=list,
+        description="Template values this customer does not have: rendered empty, or the "
+        "action suppressed as missing_variable, as the trigger's missing_variables says.",
+    )
 
 
 class ActionOut(BaseModel):
@@ -88,3 +93,6 @@ class ActionOut(BaseModel):
     last_error: str | None
     delivered_at: datetime | None
     converted_at: datetime | None
+    entry_key: str | None = Field(
+        None, description="The customer entry the action is for (re-entry control)."
+    )

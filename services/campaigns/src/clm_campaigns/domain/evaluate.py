@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from clm_campaigns.domain.projection import CustomerState, Occasion
 from clm_campaigns.domain.triggers import (
@@ -17,6 +18,8 @@ from clm_campaigns.domain.triggers import (
     OnTransition,
     WebhookAction,
 )
+
+Missing = Literal["empty", "suppress"]
 
 
 def fires_on(trigger: CompiledTrigger, occasion: Occasion) -> bool:
@@ -36,15 +39,80 @@ def fires_on(trigger: CompiledTrigger, occasion: Occasion) -> bool:
     return False
 
 
+def _number(value: Any) -> float | None:
+    # CLV travels as a decimal string ("1822.50"), the probabilities as numbers.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def crossed(on: OnScore, before: Any, after: Any) -> bool:
     """A crossing: the new score is past the threshold and the previous one was not (a
     customer scored for the first time crosses if the first score is past it)."""
-    if not isinstance(after, int | float):
+    after, prior = _number(after), _number(before)
+    if after is None:
         return False
-    prior = before if isinstance(before, int | float) else None
     if on.direction == "above":
         return after >= on.threshold and (prior is None or prior < on.threshold)
     return after <= on.threshold and (prior is None or prior > on.threshold)
+
+
+def still_sendable(
+    trigger: CompiledTrigger,
+    *,
+    enabled: bool,
+    state: CustomerState | None,
+    occasion: Occasion | None,
+) -> str | None:
+    """The send-time re-check (exit criteria): why an action decided earlier must not go
+    out now, or None. Retractions are applied when they arrive (the consumer suppresses
+    the pending actions of a retracted transition)."""
+    if not enabled:
+        return "trigger_disabled"
+    recheck, on = trigger.definition.recheck, trigger.definition.on
+    if (
+        recheck.stage
+        and isinstance(on, OnTransition)
+        and (state is None or state.stage != on.to_stage)
+    ):
+        return "left_stage"
+    if recheck.condition and trigger.definition.condition.strip() != "true":
+        if state is None or not trigger.condition.matches(
+            condition_context(state, occasion or _NO_EVENT, trigger.condition.reads)
+        ):
+            return "condition_no_longer_holds"
+    return None
+
+
+def needs_state(trigger: CompiledTrigger) -> bool:
+    """Whether the send-time re-check reads the customer's current state."""
+    recheck = trigger.definition.recheck
+    return (recheck.stage and isinstance(trigger.definition.on, OnTransition)) or (
+        recheck.condition and trigger.definition.condition.strip() != "true"
+    )
+
+
+def occasion_of(context: dict[str, Any] | None) -> Occasion | None:
+    """The causing event as an action kept it (`Occasion.as_context`)."""
+    if not context:
+        return None
+    return Occasion(
+        event_id=str(context.get("id")),
+        event_source=str(context.get("source")),
+        event_type=str(context.get("type")),
+        time=datetime.fromisoformat(str(context.get("time"))),
+        data=dict(context.get("data") or {}),
+    )
+
+
+_NO_EVENT = Occasion("", "", "", datetime.min.replace(tzinfo=UTC), {})
 
 
 def condition_context(
@@ -84,22 +152,26 @@ class Rendered:
     payload: str
 
 
-def render(trigger: CompiledTrigger, context: dict[str, Any]) -> Rendered:
-    """Raises TemplateProblem when a template fails (missing field, sandbox refusal)."""
+def render(
+    trigger: CompiledTrigger, context: dict[str, Any], *, missing: Missing = "empty"
+) -> Rendered:
+    """Raises TemplateProblem when a template fails (a missing value with `missing`
+    "suppress", a limit, a sandbox refusal)."""
     action = trigger.definition.action
     t = trigger.templates
+
+    def text(name: str) -> str:
+        return t[name].render(context, missing=missing)
+
     if isinstance(action, WebhookAction):
         return Rendered(
             {"url": action.url, "headers": action.headers, "content_type": action.content_type},
-            t["payload"].render(context),
+            text("payload"),
         )
     if isinstance(action, EmailAction):
-        return Rendered(
-            {"to": t["to"].render(context).strip(), "subject": t["subject"].render(context)},
-            t["body"].render(context),
-        )
+        return Rendered({"to": text("to").strip(), "subject": text("subject")}, text("body"))
     assert isinstance(action, KafkaAction)
-    return Rendered({"topic": action.topic}, t["payload"].render(context))
+    return Rendered({"topic": action.topic}, text("payload"))
 
 
 def preview_json(rendered: Rendered) -> Any:

@@ -24,6 +24,8 @@ class CustomerState:
     scores: dict[str, Any] = field(default_factory=dict)
     scores_at: datetime | None = None
     recent_purchases: list[dict[str, Any]] = field(default_factory=list)
+    stage_transition: str | None = None  # the transition that set `stage`
+    stage_entry: int | None = None  # which entry into the stage that was
 
     @property
     def timezone(self) -> str | None:
@@ -67,6 +69,12 @@ class Occasion:
     from_stage: str | None = None
     to_stage: str | None = None
     previous_scores: dict[str, Any] | None = None
+    # Of a transition (or its retraction): its id, which entry into to_stage it is, and
+    # whether a backfill published it (and may have it acted on).
+    transition_id: str | None = None
+    entry: int | None = None
+    backfill: bool = False
+    send_actions: bool = True
 
     def as_context(self) -> dict[str, Any]:
         return {
@@ -103,12 +111,30 @@ def apply(
     occasion_kwargs: dict[str, Any] = {}
     if event_type == "lifecycle.stage_changed":
         at = datetime.fromisoformat(data["at"]) if isinstance(data.get("at"), str) else time
-        occasion_kwargs = {"from_stage": data.get("from_stage"), "to_stage": data.get("to_stage")}
+        backfill = data.get("origin") == "backfill"
+        occasion_kwargs = {
+            "from_stage": data.get("from_stage"),
+            "to_stage": data.get("to_stage"),
+            "transition_id": data.get("transition_id") or event_id,
+            "entry": data.get("entry"),
+            "backfill": backfill,
+            "send_actions": bool(data.get("send_actions")) if backfill else True,
+        }
         if state.stage_at is None or at >= state.stage_at:
             state.stage, state.stage_at = data.get("to_stage"), at
+            state.stage_transition = occasion_kwargs["transition_id"]
+            state.stage_entry = occasion_kwargs["entry"]
             facts = data.get("facts") or {}
             state.facts = {k: v for k, v in facts.items() if k in FACTS}
             _merge_traits(state, {k: facts.get(k) for k in TRAIT_FACTS})
+    elif event_type == "lifecycle.transition_retracted":
+        tid = data.get("transition_id")
+        occasion_kwargs = {"transition_id": tid, "to_stage": data.get("to_stage")}
+        if tid is not None and tid == state.stage_transition:
+            # The stage came from a transition that no longer stands: the customer is back
+            # in the stage it left, until what replaced it arrives (right behind, in order).
+            state.stage, state.stage_at = data.get("from_stage"), None
+            state.stage_transition = state.stage_entry = None
     elif event_type == "lifecycle.score_updated":
         occasion_kwargs = {"previous_scores": dict(state.scores)}
         if state.scores_at is None or time >= state.scores_at:

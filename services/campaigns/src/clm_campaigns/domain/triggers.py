@@ -14,7 +14,14 @@ from datetime import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from clm_campaigns.domain.conditions import Condition, ConditionError, compile_condition
 from clm_campaigns.domain.templates import Template, TemplateProblem, compile_template
@@ -191,6 +198,44 @@ class QuietHours(_Strict):
         return self
 
 
+class Reentry(_Strict):
+    """How often one customer may be acted on by this trigger. An entry is one stay in
+    the trigger's stage (a transition a late event rewrote and a replay re-created is the
+    same entry), or one causing event or score crossing for other triggers."""
+
+    mode: Literal["every_time", "once", "once_per"] = Field(
+        "every_time",
+        description="every_time: each entry once; once: one entry per customer ever; "
+        "once_per: at most one entry within period_seconds of another (by event time).",
+    )
+    period_seconds: int | None = Field(None, ge=60, le=10 * 365 * 86_400)
+
+    @model_validator(mode="after")
+    def _period(self) -> Reentry:
+        if (self.mode == "once_per") != (self.period_seconds is not None):
+            raise ValueError("period_seconds is required with once_per, and only with it")
+        return self
+
+
+class Recheck(_Strict):
+    """What is checked again when the action is about to be sent (after a delay or
+    quiet hours, or at once): exit criteria. Each failed check suppresses the action with
+    its reason."""
+
+    transition: bool = Field(
+        True, description="retracted: a late event rewrote the causing transition away."
+    )
+    condition: bool = Field(
+        True, description="condition_no_longer_holds: the condition is false on current state."
+    )
+    stage: bool = Field(
+        False, description="left_stage: the customer is no longer in the trigger's stage."
+    )
+
+
+DEFAULT_MAX_AGE = 86_400
+
+
 class TriggerDefinition(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     description: Annotated[str, Field(max_length=2000)] = ""
@@ -203,15 +248,36 @@ class TriggerDefinition(_Strict):
     quiet_hours: QuietHours | None = None
     holdout_percent: float = Field(0, ge=0, le=100)
     conversion_window_seconds: int = Field(DEFAULT_CONVERSION_WINDOW, ge=60, le=365 * 86_400)
+    reentry: Reentry = Field(default_factory=Reentry)
+    max_age_seconds: int | None = Field(
+        DEFAULT_MAX_AGE,
+        ge=60,
+        le=10 * 365 * 86_400,
+        description="An occasion older than this when it is processed (a history import, a "
+        "very late event) is suppressed as stale; null: no limit.",
+    )
+    recheck: Recheck = Field(default_factory=Recheck)
+    missing_variables: Literal["empty", "suppress"] = Field(
+        "empty",
+        description="A template value the customer does not have: rendered empty (null "
+        "through tojson), or the action is suppressed as missing_variable.",
+    )
 
     @field_validator("condition")
     @classmethod
-    def _condition(cls, value: str) -> str:
+    def _condition(cls, value: str, info: ValidationInfo) -> str:
         try:
-            compile_condition(value)
+            compile_condition(value, check_types=not _stored(info))
         except ConditionError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+
+STORED = {"stored": True}  # validation context of a definition read back from the database
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
 
 
 # --- compiled, ready to evaluate ------------------------------------------------------
@@ -247,7 +313,7 @@ def compile_trigger(
         id=trigger_id,
         version=version,
         definition=definition,
-        condition=compile_condition(definition.condition),
+        condition=compile_condition(definition.condition, check_types=False),
         templates={name: compile_template(src) for name, src in fields.items()},
     )
 
