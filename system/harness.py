@@ -506,6 +506,8 @@ async def snapshot(
                         "trigger": trigger_names.get(a["trigger_id"], a["trigger_id"]),
                         "cause_event": a["cause_event"],
                         "status": a["status"],
+                        "reason": a["suppressed_reason"],
+                        "entry": a.get("entry_key"),
                         "payload": a["payload"],
                         "channel": a["channel"],
                     }

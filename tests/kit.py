@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from clm_devstack.procs import free_port
 from clm_events import auth
 from clm_events.settings import ClmSettings
 
@@ -138,3 +140,31 @@ async def make_key(database_url: str, role: str, source: str | None = None) -> s
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def serving(
+    package: str, database_url: str, bootstrap: str, **settings: Any
+) -> AsyncIterator[tuple[str, Any]]:
+    """The service running (`running`, with its keyword arguments) and served over real
+    HTTP by uvicorn on this event loop, for clients that speak HTTP themselves (the
+    Segment library, schemathesis); yields its base URL and Runtime."""
+    async with running(package, database_url, bootstrap, **settings) as (client, runtime):
+        transport = client._transport  # the app kit.running built and started
+        assert isinstance(transport, httpx.ASGITransport)
+        port = free_port("127.0.0.1")
+        config = uvicorn.Config(
+            transport.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.02)
+            yield f"http://127.0.0.1:{port}", runtime
+        finally:
+            server.should_exit = True
+            await task

@@ -20,10 +20,9 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from fuzzkit import serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from kit import SERVICES, bearer, make_key
+from kit import SERVICES, bearer, make_key, serving
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.errors import FailureGroup

@@ -27,10 +27,9 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from fuzzkit import serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from kit import make_key, read_topic, running
+from kit import make_key, read_topic, running, serving
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clm_events.deadletter import reason_of
