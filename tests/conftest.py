@@ -7,19 +7,15 @@ Tests isolate themselves with unique topic prefixes, consumer groups and schemas
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from kit import SERVICES
+from kit import migrate_all
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from clm_events.migrations import migrate, migrate_auth
 from clm_events.topics import Topics, ensure_topics
 
 
@@ -86,9 +82,5 @@ async def schema(engine: AsyncEngine) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def migrated(database_url: str) -> str:
     """The database with every service's schema and the key schema migrated (once)."""
-    await asyncio.to_thread(migrate_auth, database_url)
-    for package in SERVICES:
-        models = importlib.import_module(f"{package}.models")
-        scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
-        await asyncio.to_thread(migrate, scripts, url=database_url, schema=models.SCHEMA)
+    await migrate_all(database_url)
     return database_url

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from clm_devstack.procs import free_port
 from clm_events import auth
+from clm_events.migrations import migrate, migrate_auth
 from clm_events.settings import ClmSettings
 
 SERVICES = ["clm_ingest", "clm_stage_engine", "clm_scoring", "clm_campaigns"]
@@ -123,6 +125,15 @@ async def running(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
             yield client, app.state.runtime
+
+
+async def migrate_all(database_url: str) -> None:
+    """Every service's schema and the key schema, as the migrations Job does."""
+    await asyncio.to_thread(migrate_auth, database_url)
+    for package in SERVICES:
+        models = importlib.import_module(f"{package}.models")
+        scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
+        await asyncio.to_thread(migrate, scripts, url=database_url, schema=models.SCHEMA)
 
 
 async def make_key(database_url: str, role: str, source: str | None = None) -> str:

@@ -6,12 +6,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from kit import produce
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,6 +72,15 @@ class WebhookReceiver:
             pass
         finally:
             writer.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver for the test (conftests import this fixture)."""
+    r = WebhookReceiver()
+    await r.start()
+    yield r
+    await r.stop()
 
 
 def cid() -> str:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from campaignkit import WebhookReceiver, isolate
+from campaignkit import isolate, receiver
 from kit import make_key
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_devstack.procs import free_port
 
+__all__ = ["receiver"]  # the shared fixture
+
 
 @pytest.fixture(autouse=True)
 async def isolated_campaigns(migrated: str, engine: AsyncEngine) -> None:
     await isolate(engine)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 class Mailbox:

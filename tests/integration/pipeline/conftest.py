@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 # The campaigns tests' webhook receiver, shared rather than copied.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "campaigns"))
 
-from campaignkit import WebhookReceiver, isolate
+from campaignkit import isolate, receiver
 
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()
+__all__ = ["receiver"]  # the shared fixture
 
 
 @pytest.fixture(autouse=True)
