@@ -230,6 +230,8 @@ async def test_two_customers_walk_through_every_stage_and_get_personalised_actio
                     "name": "welcome back",
                     "on": {"kind": "transition", "from_stages": ["lapsed"], "to_stage": "won_back"},
                     "condition": "scores.clv != null",
+                    # The journey happens in the past (days ago, in minutes): act on it.
+                    "max_age_seconds": None,
                     "action": {
                         "channel": "webhook",
                         "url": hook.url,
@@ -248,6 +250,7 @@ async def test_two_customers_walk_through_every_stage_and_get_personalised_actio
             json={
                 "name": "advocate thanks",
                 "on": {"kind": "transition", "to_stage": "advocate"},
+                "max_age_seconds": None,
                 "action": {
                     "channel": "email",
                     "subject": "Thank you, {{ customer.traits.name }}",

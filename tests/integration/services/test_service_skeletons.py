@@ -70,7 +70,7 @@ async def test_ingest_routes_inbound_events_to_domain_topics_and_dead_letters_th
     assert [decode_kafka_record(r.headers, r.value).id for r in purchases] == ["ord-901"]
     assert [r.key for r in purchases] == [b"cust-9"]
     assert [decode_kafka_record(r.headers, r.value).id for r in web] == ["su-1"]
-    reasons = sorted(reason_of(r.headers)["reason"] for r in dead)
-    assert len(reasons) == 2
-    assert reasons[0].startswith("handler error: ValueError: event type 'lifecycle.stage_changed'")
-    assert reasons[1].startswith("invalid event:")
+    reasons = sorted((reason_of(r.headers)["kind"], reason_of(r.headers)["reason"]) for r in dead)
+    assert [kind for kind, _ in reasons] == ["derived_type", "invalid_event"]
+    assert "'lifecycle.stage_changed' is published by CLM itself" in reasons[0][1]
+    assert reasons[1][1].startswith("invalid event:")

@@ -44,7 +44,9 @@ def free_port_offset(size: int, base: int = 8001) -> int:
     """An offset such that ports base+offset .. base+offset+size-1 are all free now (for
     `clm-dev run --port-offset`, which moves the services' fixed ports together)."""
     while True:
-        offset = random.randrange(20_000, 40_000)
+        # Below Linux's ephemeral range (32768-60999): a port there can be taken between
+        # this check and the bind by any process's outgoing connection or bind(0).
+        offset = random.randrange(10_000, 32_768 - base - size)
         try:
             for port in range(base + offset, base + offset + size):
                 with socket.socket() as s:
