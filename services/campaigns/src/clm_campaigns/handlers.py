@@ -29,6 +29,7 @@ from clm_campaigns.domain.triggers import (
 )
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Entry
+from clm_events.catalog import LifecycleTransitionRetracted
 from clm_events.consumer import Delivery
 from clm_events.envelope import Event, new_event
 from clm_events.outbox import add_events
@@ -99,6 +100,15 @@ def settled_history_reason(
     return None
 
 
+def _retractions(deliveries: Sequence[Delivery]) -> list[str]:
+    """The causes (`<source>/<transition id>`) of the transitions a batch retracts."""
+    return [
+        f"{d.event.source}/{d.event.data.transition_id}"
+        for d in deliveries
+        if isinstance(d.event.data, LifecycleTransitionRetracted)
+    ]
+
+
 def _retract(
     cause: str,
     rows: list[dict[str, Any]],
@@ -167,7 +177,7 @@ async def actions_fired(session: AsyncSession, topic: str, fired: Sequence[Fired
 class Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)  # actions, as repository rows
     purchases: list[tuple[str, datetime]] = field(default_factory=list)
-    retracted: list[str] = field(default_factory=list)  # causes, `<source>/<transition id>`
+    retracted: list[str] = field(default_factory=list)  # causes it retracted, in order
 
 
 @dataclass
@@ -185,6 +195,11 @@ class Campaigns:
         compiled = await self.triggers.enabled(session)
         ids = sorted({d.event.subject for d in deliveries})
         states = await repository.load_customers(session, ids)
+        # Earlier batches' pending actions of transitions this batch retracts are
+        # suppressed first, and only then are the entries read: an action the dispatcher
+        # claimed meanwhile is not suppressed, so it must count as the entry's message.
+        keep = [t.id for t in compiled if not t.definition.recheck.transition]
+        gone = await repository.suppress_retracted(session, _retractions(deliveries), keep)
         contacts: dict[str, list[PastContact]] = {}
         acted: dict[str, list[Entry]] = {}
         if compiled:
@@ -194,10 +209,6 @@ class Campaigns:
             acted = await repository.entries(session, ids, [t.id for t in compiled])
         batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
         await repository.save_customers(session, states.values())
-        # Before this batch's rows go in: a transition retracted and published again in
-        # this batch has a new, pending action that must stay.
-        keep = [t.id for t in compiled if not t.definition.recheck.transition]
-        gone = await repository.suppress_retracted(session, batch.retracted, keep)
         await repository.insert_actions(session, batch.rows)
         await actions_fired(
             session,
