@@ -33,6 +33,7 @@ DERIVED = {
     "lifecycle.stage_changed",
     "lifecycle.transition_retracted",
     "lifecycle.score_updated",
+    "lifecycle.score_model_served",
     "campaign.action_fired",
 }
 

@@ -62,6 +62,15 @@ MINIMAL_DATA: dict[str, dict[str, Any]] = {
         "expected_purchases": 0.0,
         "model": "bgnbd-gg/3",
     },
+    "lifecycle.score_model_served": {
+        "version": 3,
+        "model": "bgnbd",
+        "time_unit": "week",
+        "purchase_params": {"r": 0.24, "alpha": 4.4, "a": 0.79, "b": 2.4},
+        "typical_gap": 12.0,
+        "horizon_months": 12,
+        "monthly_discount_rate": 0.01,
+    },
     "campaign.action_fired": {
         "trigger_id": "trg-1",
         "action_id": "act-1",

@@ -37,6 +37,7 @@ class EventType(StrEnum):
     LIFECYCLE_STAGE_CHANGED = "lifecycle.stage_changed"
     LIFECYCLE_TRANSITION_RETRACTED = "lifecycle.transition_retracted"
     LIFECYCLE_SCORE_UPDATED = "lifecycle.score_updated"
+    LIFECYCLE_SCORE_MODEL_SERVED = "lifecycle.score_model_served"
     CAMPAIGN_ACTION_FIRED = "campaign.action_fired"
 
 
@@ -45,6 +46,7 @@ DERIVED_TYPES: frozenset[EventType] = frozenset(
         EventType.LIFECYCLE_STAGE_CHANGED,
         EventType.LIFECYCLE_TRANSITION_RETRACTED,
         EventType.LIFECYCLE_SCORE_UPDATED,
+        EventType.LIFECYCLE_SCORE_MODEL_SERVED,
         EventType.CAMPAIGN_ACTION_FIRED,
     }
 )
@@ -259,6 +261,23 @@ class LifecycleScoreUpdated(EventData):
     model: str
 
 
+class LifecycleScoreModelServed(EventData):
+    """The score model scoring serves from now on (clm_events.scoremodel.ServedModel):
+    the stage engine evaluates the scores its rules read under it."""
+
+    version: Annotated[int, Field(strict=True, ge=1)]
+    model: Literal["bgnbd", "pareto_nbd", "heuristic"]
+    estimator: str | None = None
+    time_unit: Literal["day", "week"]
+    purchase_params: dict[str, Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    spend_params: dict[str, Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    typical_gap: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    horizon_months: Annotated[int, Field(strict=True, ge=1, le=120)]
+    monthly_discount_rate: Annotated[float, Field(ge=0, le=1)]
+    clv_top_decile: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    fitted_at: UtcDatetime | None = None
+
+
 class CampaignActionFired(EventData):
     trigger_id: Id
     action_id: Id
@@ -282,5 +301,6 @@ DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.LIFECYCLE_STAGE_CHANGED: LifecycleStageChanged,
     EventType.LIFECYCLE_TRANSITION_RETRACTED: LifecycleTransitionRetracted,
     EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,
+    EventType.LIFECYCLE_SCORE_MODEL_SERVED: LifecycleScoreModelServed,
     EventType.CAMPAIGN_ACTION_FIRED: CampaignActionFired,
 }

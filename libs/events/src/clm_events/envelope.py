@@ -32,6 +32,7 @@ from clm_events.catalog import (
     CampaignActionFired,
     EventData,
     EventType,
+    LifecycleScoreModelServed,
     LifecycleScoreUpdated,
     LifecycleStageChanged,
     LifecycleTransitionRetracted,
@@ -252,6 +253,11 @@ class LifecycleScoreUpdatedEvent(CloudEvent):
     data: LifecycleScoreUpdated
 
 
+class LifecycleScoreModelServedEvent(CloudEvent):
+    type: Literal["lifecycle.score_model_served"]
+    data: LifecycleScoreModelServed
+
+
 class CampaignActionFiredEvent(CloudEvent):
     type: Literal["campaign.action_fired"]
     data: CampaignActionFired
@@ -273,6 +279,7 @@ Event = Annotated[
     | LifecycleStageChangedEvent
     | LifecycleTransitionRetractedEvent
     | LifecycleScoreUpdatedEvent
+    | LifecycleScoreModelServedEvent
     | CampaignActionFiredEvent,
     Field(discriminator="type"),
 ]

@@ -46,6 +46,11 @@ class Topics:
     def actions(self) -> str:
         return f"{self.prefix}actions"
 
+    @property
+    def models(self) -> str:
+        """The served score model, one event per version (one partition: in order)."""
+        return f"{self.prefix}models"
+
     def domain(self, event_type: str) -> str:
         """Domain topic of a v1 event type: `purchase.completed` -> `clm.events.purchase`."""
         domain = event_type.split(".", 1)[0]
@@ -67,7 +72,7 @@ class Topics:
             self.scores,
             self.actions,
         ]
-        return dict.fromkeys(names, self.partitions)
+        return {**dict.fromkeys(names, self.partitions), self.models: 1}
 
 
 async def ensure_topics(
