@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from clm_devstack.procs import free_port
@@ -134,6 +136,24 @@ async def migrate_all(database_url: str) -> None:
         models = importlib.import_module(f"{package}.models")
         scripts = Path(importlib.import_module(package).__file__ or "").parent / "migrations"
         await asyncio.to_thread(migrate, scripts, url=database_url, schema=models.SCHEMA)
+
+
+@asynccontextmanager
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the test server, every schema migrated, dropped after:
+    for tests whose state (a served score model, a lifecycle model) others must not see."""
+    name = f"own_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+        await migrate_all(url)
+        yield url
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
 
 
 async def make_key(database_url: str, role: str, source: str | None = None) -> str:

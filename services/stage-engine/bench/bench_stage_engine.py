@@ -8,6 +8,9 @@ then measures (all in this process, one instance):
   runner only   the consumer runner with a handler that does nothing: the ceiling
   stage engine  the consumer runner with the stage-engine handler (dedupe, timelines,
                 rules, history, outbox; one transaction per 500-message batch)
+  with scores   the same, on an equal workload, once a score model is served: the
+                default rules then read the churn probability and the CLV, evaluated
+                as of each event under the model (BG/NBD and Gamma-Gamma closed forms)
   daily sweep   customers with a stage and history whose due times a live timer left
                 (it looks ahead, so only customers time could move are due), swept just
                 after midnight with the service's timer settings
@@ -47,8 +50,10 @@ from clm_events import db
 from clm_events.consumer import ConsumerRunner
 from clm_events.migrations import migrate, migrate_auth
 from clm_events.producer import Producer
+from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics, ensure_topics
 from clm_stage_engine import models
+from clm_stage_engine import repository as repo
 from clm_stage_engine.domain.inputs import PURCHASE, Input, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, compile_model
 from clm_stage_engine.domain.timeline import Timeline, advance
@@ -59,13 +64,27 @@ BATCH = 500
 PARTITIONS = 6
 
 
-def workload(n: int, customers: int, run: str) -> list[dict[str, Any]]:
+# A weekly BG/NBD and Gamma-Gamma model of a plausible retail base, as scoring serves it.
+SERVED = ServedModel(
+    version=1,
+    model="bgnbd",
+    time_unit="week",
+    purchase_params={"r": 0.8, "alpha": 6.0, "a": 0.9, "b": 3.0},
+    spend_params={"p": 6.0, "q": 4.0, "gamma": 15.0},
+    typical_gap=12.0,
+    horizon_months=12,
+    monthly_discount_rate=0.01,
+    clv_top_decile=400.0,
+)
+
+
+def workload(n: int, customers: int, run: str, prefix: str = "cust-") -> list[dict[str, Any]]:
     """Purchases (60%) and page views (40%), in event-time order per customer."""
     rng = random.Random(1)
     start = datetime.now(UTC) - timedelta(days=1)
     out = []
     for i in range(n):
-        c = f"cust-{i % customers}"
+        c = f"{prefix}{i % customers}"
         t = (start + timedelta(seconds=i * 86_000 / n)).isoformat()
         if rng.random() < 0.6:
             data = {"order_id": f"{run}-{i}", "amount": "59.90", "currency": "EUR"}
@@ -208,6 +227,17 @@ async def stage_engine_rate(
         await engine.dispose()
 
 
+async def serve_scores(url: str) -> None:
+    """A lifecycle model version carrying SERVED, as adopting scoring's event makes."""
+    engine = db.create_engine(url)
+    try:
+        async with db.session_factory(engine)() as s, s.begin():
+            await StageEngine(Topics("x.")).models.current(s)  # version 1, if none yet
+            await repo.add_model(s, "bench", score_model=SERVED.to_json())
+    finally:
+        await engine.dispose()
+
+
 def _templates(now: datetime, steady: bool) -> list[tuple[Any, ...]]:
     """200 customers with three purchases a week apart, the last 0-200 days before
     yesterday, as stored rows (stage, since, evaluated_until, due_at, timeline).
@@ -316,7 +346,7 @@ def history_cost(sizes: tuple[int, ...] = (5, 1_000, 10_000)) -> list[tuple[int,
             for k in range(size)
         ]
         advance(tl, model, history)
-        stored = (engine._row(tl, 1, None, None).timeline, from_us(tl.evaluated_until or 0))
+        stored = (engine._row(tl, 1, None, None, None).timeline, from_us(tl.evaluated_until or 0))
         reps = 200
         cpu = time.process_time()
         for r in range(reps):
@@ -324,7 +354,7 @@ def history_cost(sizes: tuple[int, ...] = (5, 1_000, 10_000)) -> list[tuple[int,
             assert not tl.needs_inputs([])  # in order: the stored inputs are not read
             arriving = Input(t0 + (size + r) * step, "shop", f"n{r}", "web.page_viewed", {})
             advance(tl, model, [arriving])
-            engine._row(tl, 1, None, None)
+            engine._row(tl, 1, None, None, None)
         out.append((size, (time.process_time() - cpu) / reps * 1000))
     return out
 
@@ -363,6 +393,19 @@ async def main(quick: bool) -> None:
             every = await sweep(url, topics, prefix, now)
             assert every[2] >= due, every
             long = history_cost()
+            # The same workload for other customers, once a score model is served (last:
+            # the sweeps above run under the model without scores).
+            scored_topics = Topics(f"benchs{uuid.uuid4().hex[:6]}.", PARTITIONS)
+            await ensure_topics(bootstrap, scored_topics.all())
+            await produce(
+                bootstrap,
+                scored_topics,
+                workload(n, n // 5, uuid.uuid4().hex[:6], prefix="scored-"),
+            )
+            await serve_scores(url)
+            scored, scored_cpu, scored_transitions = await stage_engine_rate(
+                url, bootstrap, scored_topics, n
+            )
         finally:
             broker.stop()
             pg.stop()
@@ -379,6 +422,10 @@ async def main(quick: bool) -> None:
     print(f"{'  per CPU second of this process':<34}{rate_cpu:>12,.0f} ev/s")
     print(f"{'  vs the runner alone':<34}{rate / runner:>15.2f}x")
     print(f"{'  transitions written':<34}{transitions:>16,}")
+    print(f"{'stage engine, score-reading rules':<34}{scored:>12,.0f} ev/s{scored / raw:>15.2f}x")
+    print(f"{'  per CPU second of this process':<34}{scored_cpu:>12,.0f} ev/s")
+    print(f"{'  CPU per event vs without scores':<34}{rate_cpu / scored_cpu:>15.2f}x")
+    print(f"{'  transitions written':<34}{scored_transitions - transitions:>16,}")
     for label, (secs, cpu, swept, moved) in (
         (f"daily sweep, {due:,} customers", daily),
         (f"all {due:,} due at once", every),

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -43,6 +43,37 @@ def buy(customer: str, order: str, time: str, amount: str = "20.00") -> dict[str
         amount=amount,
         currency="EUR",
     )
+
+
+# A served score model (weekly BG/NBD and Gamma-Gamma) as scoring announces it.
+WEEKLY = {"r": 0.8, "alpha": 6.0, "a": 0.9, "b": 3.0}
+SPEND = {"p": 6.0, "q": 4.0, "gamma": 15.0}
+
+
+def served(version: int, **changes: Any) -> dict[str, Any]:
+    """The `lifecycle.score_model_served` event of version `version`."""
+    data = {
+        "version": version,
+        "model": "bgnbd",
+        "estimator": "mle",
+        "time_unit": "week",
+        "purchase_params": WEEKLY,
+        "spend_params": SPEND,
+        "typical_gap": 12.0,
+        "horizon_months": 12,
+        "monthly_discount_rate": 0.01,
+        "clv_top_decile": 10_000.0,
+        **changes,
+    }
+    return {
+        "specversion": "1.0",
+        "id": f"score-model:{version}",
+        "source": "clm/scoring",
+        "type": "lifecycle.score_model_served",
+        "subject": "score-model",
+        "time": datetime.now(UTC).isoformat(),
+        "data": data,
+    }
 
 
 def domain_topic(prefix: str, e: dict[str, Any]) -> str:

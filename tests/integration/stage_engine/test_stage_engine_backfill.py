@@ -7,13 +7,15 @@ import csv
 import json
 import random
 import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from kit import bearer, make_key, produce
-from stagekit import buy, domain_topic, event, instance, utc, wait_for
+import pytest
+from kit import bearer, fresh_database, make_key, produce
+from stagekit import buy, domain_topic, event, instance, served, utc, wait_for
 from typer.testing import CliRunner
 
 from clm_stage_engine.cli import app as cli
@@ -72,7 +74,14 @@ async def _history(client: httpx.AsyncClient, customer: str, headers: dict[str, 
     r = await client.get(f"/v1/customers/{customer}/transitions", headers=headers)
     assert r.status_code == 200, r.text
     return [
-        (t["at"], t["from_stage"], t["to_stage"], t["cause"], (t["cause_event"] or {}).get("id"))
+        (
+            t["at"],
+            t["from_stage"],
+            t["to_stage"],
+            t["cause"],
+            (t["cause_event"] or {}).get("id"),
+            t["facts"],
+        )
         for t in r.json()["transitions"]
     ]
 
@@ -93,8 +102,19 @@ async def _caught_up(
     assert all(c and utc(c) >= since for c in result), result
 
 
+@pytest.mark.parametrize("scores", [False, True], ids=["rules-only", "score-reading-rules"])
 async def test_backfill_gives_the_stages_and_history_of_live_processing(
-    migrated: str, bootstrap_servers: str, tmp_path: Path
+    migrated: str, bootstrap_servers: str, tmp_path: Path, scores: bool
+) -> None:
+    """With a served score model, the default rules read churn probability and CLV at
+    every moment: backfill must still give live processing's history, facts included."""
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(fresh_database(migrated)) if scores else migrated
+        await _backfill_equals_live(db, bootstrap_servers, tmp_path, scores)
+
+
+async def _backfill_equals_live(
+    migrated: str, bootstrap_servers: str, tmp_path: Path, scores: bool
 ) -> None:
     u = uuid.uuid4().hex[:8]
     rng = random.Random(7)
@@ -104,6 +124,13 @@ async def test_backfill_gives_the_stages_and_history_of_live_processing(
     started = datetime.now(UTC)
     prefix = f"bf{u}."
     async with instance(migrated, bootstrap_servers, prefix) as (client, _):
+        if scores:  # top decile 150: some of these customers are loyal by CLV alone
+            await produce(bootstrap_servers, f"{prefix}models", [served(1, clv_top_decile=150.0)])
+            model = await wait_for(
+                lambda: client.get("/v1/lifecycle-model", headers=read),
+                lambda r: r.json()["score_model"] is not None,
+            )
+            assert model.json()["score_model"]["clv_top_decile"] == 150.0
         await _produce(bootstrap_servers, prefix, [e for es in journeys.values() for e in es])
         await _caught_up(client, live, read, started)
 
@@ -117,11 +144,17 @@ async def test_backfill_gives_the_stages_and_history_of_live_processing(
         assert result.exit_code == 0, result.output
         assert f"{len(rows)} events, {len(live)} customers" in result.output
 
+        deciding_scores = 0
         for c in live:
             assert await _history(client, twins[c], read) == await _history(client, c, read)
             a = (await client.get(f"/v1/customers/{c}", headers=read)).json()
             b = (await client.get(f"/v1/customers/{twins[c]}", headers=read)).json()
             assert (a["stage"], a["since"]) == (b["stage"], b["since"])
+            assert a["scores"] == b["scores"]
+            facts = [t[5] for t in await _history(client, c, read)]
+            assert facts == [t[5] for t in await _history(client, twins[c], read)]
+            deciding_scores += sum(1 for f in facts if f.get("clv") is not None)
+        assert (deciding_scores > 0) == scores
 
         # Running it again changes nothing: events are deduplicated by (source, id).
         before = await _history(client, twins[live[0]], read)

@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clm_events.facts import FACTS
-from clm_stage_engine.domain.facts import facts_at
+from clm_events.scoremodel import ServedModel, Summary
+from clm_stage_engine.domain.facts import Accumulator, facts_at
 from clm_stage_engine.domain.inputs import Input, from_event, to_us
 from clm_stage_engine.domain.model import (
     DEFAULT_MODEL,
+    CompiledModel,
     ModelError,
     ModelSpec,
     Rule,
@@ -26,6 +28,20 @@ from clm_stage_engine.domain.timeline import Timeline, advance, next_tick, reeva
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 DAY = 86_400_000_000
 MODEL = compile_model(DEFAULT_MODEL, 1)
+# A served score model (weekly BG/NBD and Gamma-Gamma): rules reading scores evaluate
+# under it. Parameters of a plausible retail base, not fitted to anything here.
+SERVED = ServedModel(
+    version=1,
+    model="bgnbd",
+    time_unit="week",
+    purchase_params={"r": 0.8, "alpha": 6.0, "a": 0.9, "b": 3.0},
+    spend_params={"p": 6.0, "q": 4.0, "gamma": 15.0},
+    typical_gap=12.0,
+    horizon_months=12,
+    monthly_discount_rate=0.01,
+    clv_top_decile=60.0,
+)
+SCORED = compile_model(DEFAULT_MODEL, 2, SERVED)
 
 
 def at(days: float) -> int:
@@ -37,17 +53,21 @@ def inp(days: float, kind: str, id: str, **data: Any) -> Input:
 
 
 def buy(days: float, id: str, amount: float = 20.0) -> Input:
-    return inp(days, "purchase.completed", id, amount=amount)
+    return inp(days, "purchase.completed", id, amount=amount, order=id)
 
 
 def stages(tl: Timeline) -> list[tuple[str | None, str, str]]:
     return [(t.from_stage, t.to_stage, t.cause) for t in tl.history]
 
 
-def run(inputs: list[Input], until_days: float) -> Timeline:
+def run(inputs: list[Input], until_days: float, model: CompiledModel | None = None) -> Timeline:
     tl = Timeline("c-1")
-    advance(tl, MODEL, inputs, at(until_days))
+    advance(tl, model or MODEL, inputs, at(until_days))
     return tl
+
+
+def facts_acc(inputs: list[Input], until_days: float) -> Accumulator:
+    return run(inputs, until_days).fold()
 
 
 def test_a_shopper_goes_through_every_forward_stage_and_time_moves_them_back() -> None:
@@ -107,33 +127,53 @@ def test_a_cancelled_subscription_lapses_the_customer() -> None:
     assert [s[1] for s in stages(tl)] == ["onboarding", "lapsed"]
 
 
-def test_a_high_churn_score_moves_a_customer_to_at_risk() -> None:
-    score = {"clv": 50.0, "churn_probability": 0.8, "p_alive": 0.2, "expected_purchases": 0.1}
-    tl = run([buy(0, "o1"), buy(5, "o2"), inp(6, "lifecycle.score_updated", "sc", **score)], 6)
-    assert stages(tl)[-1] == ("active", "at_risk", "event")
-    assert tl.history[-1].event == ("shop", "sc", "lifecycle.score_updated")
-
-
-def test_a_score_later_than_the_clock_waits_for_it_instead_of_moving_it() -> None:
-    """Scores carry the wall clock: one for a customer whose older events are still
-    arriving must not pull the clock to its time, or the next event rewrites the history."""
-    score = {"clv": 50.0, "churn_probability": 0.8, "p_alive": 0.2, "expected_purchases": 0.1}
-    tl = Timeline("c-1")
-    advance(tl, MODEL, [buy(0, "o1")])
-    out = advance(tl, MODEL, [inp(200, "lifecycle.score_updated", "sc", **score)])
-    assert tl.evaluated_until == at(0) and tl.stage == "onboarding"
-    assert [i.id for i in out.fresh] == ["sc"]  # stored, not evaluated yet
-    assert tl.due_at == next_tick(at(0))  # the next midnight comes before the score
-    # The customer's next (older than the score) purchase arrives: nothing to rewrite.
-    out = advance(tl, MODEL, [buy(5, "o2")])
-    assert not out.dropped and tl.evaluated_until == at(5)
-    # The timer brings the clock to the score and past it: the same history as all at once.
-    advance(tl, MODEL, [], at(210))
-    reference = run(
-        [buy(0, "o1"), buy(5, "o2"), inp(200, "lifecycle.score_updated", "sc", **score)], 210
+def test_rules_read_scores_as_of_each_moment_under_the_served_model() -> None:
+    """A weekly buyer who stops: the churn probability grows with every silent day, and
+    the timer moves them to at_risk on the first day it reaches 0.5, with the deciding
+    scores of that day; nothing but their own events and the served model decides it."""
+    spec = ModelSpec(
+        stages=("onboarding", "active", "at_risk"),
+        rules=(
+            Rule("churn", "at_risk", "churn_probability != null && churn_probability >= 0.5"),
+            Rule("active", "active", "purchases_total >= 2"),
+            Rule("new", "onboarding", "true"),
+        ),
     )
-    assert [t.compact() for t in tl.history] == [t.compact() for t in reference.history]
-    assert tl.pending == []
+    model = compile_model(spec, 1, SERVED)
+    orders = [buy(7 * w, f"o{w}") for w in range(4)]
+    tl = run(orders, 200, model)
+    assert stages(tl) == [
+        (None, "onboarding", "event"),
+        ("onboarding", "active", "event"),
+        ("active", "at_risk", "time"),
+    ]
+    risk = tl.history[-1]
+    assert (risk.to_stage, risk.cause) == ("at_risk", "time") and risk.facts is not None
+    assert risk.facts["churn_probability"] >= 0.5 and risk.facts["purchases_total"] == 4
+    # The day before, the same customer scored under 0.5: time alone moved them.
+    acc = tl.fold()
+    assert acc.score_fact("churn_probability", risk.at - DAY, SERVED) < 0.5
+    # Without a served model no score exists, and no rule reading one fires.
+    plain = Timeline("c-1")
+    advance(plain, compile_model(spec, 1), orders, at(200))
+    assert [t.to_stage for t in plain.history] == ["onboarding", "active"]
+
+
+def test_scores_follow_refunds_and_count_days_as_scoring_does() -> None:
+    acc = facts_acc([buy(0, "a", 30.0), buy(0.2, "b", 10.0), buy(14, "c", 50.0)], 14)
+    summary = acc.score_summary(at(21))
+    assert summary is not None
+    # Two orders on the first day are one purchase day; the repeat is day 14.
+    assert (summary.x, summary.t_x_days, summary.T_days) == (1, 14, 21)
+    assert summary.mean_repeat_spend == 50.0 and summary.mean_spend == 45.0
+    # A full refund removes its order; a refund before its purchase still applies.
+    refund = inp(15, "purchase.refunded", "r1", amount=50.0, order="c")
+    acc = facts_acc([buy(0, "a", 30.0), buy(14, "c", 50.0), refund], 15)
+    assert acc.score_summary(at(21)) == Summary(0, 0, 21, 0.0, 30.0)
+    assert acc.score_fact("clv", at(21), SERVED) == round(
+        SERVED.score(Summary(0, 0, 21, 0.0, 30.0)).clv, 2
+    )
+    assert acc.score_fact("clv_top_decile", at(21), SERVED) == SERVED.clv_top_decile
 
 
 def test_facts_follow_event_time_windows_refunds_and_open_items() -> None:
@@ -260,14 +300,19 @@ def test_events_become_compact_inputs() -> None:
         }
     )
     i = from_event(event)
-    assert i is not None and i.data == {"amount": 59.9} and i.key == ("shop", "ord-1")
+    assert i is not None and i.data == {"amount": 59.9, "order": "1"}
+    assert i.key == ("shop", "ord-1")
 
 
 # -- order independence ----------------------------------------------------------------
 
+# Rules read scores (SCORED): the history must stay a function of the events with them.
 _KINDS = [
-    ("purchase.completed", {"amount": 25.0}),
-    ("purchase.refunded", {"amount": 5.0}),
+    ("purchase.completed", {"amount": 25.0, "order": "o1"}),
+    ("purchase.completed", {"amount": 40.0, "order": "o2"}),
+    ("purchase.completed", {"amount": 15.0}),  # no order id: an earlier release's input
+    ("purchase.refunded", {"amount": 5.0, "order": "o1"}),
+    ("purchase.refunded", {"amount": 40.0, "order": "o2"}),
     ("billing.payment_failed", {"invoice": "inv-1"}),
     ("billing.invoice_paid", {"invoice": "inv-1", "amount": 9.0}),
     ("billing.subscription_started", {"subscription": "s"}),
@@ -277,10 +322,6 @@ _KINDS = [
     ("support.nps_submitted", {"score": 9}),
     ("web.page_viewed", {}),
     ("web.identified", {"traits": {"email": "x@example.com"}}),
-    (
-        "lifecycle.score_updated",
-        {"clv": 1500.0, "churn_probability": 0.6, "p_alive": 0.5, "expected_purchases": 1.0},
-    ),
 ]
 
 _event = st.builds(
@@ -302,7 +343,7 @@ def test_arrival_order_duplicates_and_batching_change_nothing(
     clock = at(450)
     events_ = sorted(events, key=lambda i: i.order)
     reference = Timeline("c-1")
-    advance(reference, MODEL, events_, clock)
+    advance(reference, SCORED, events_, clock)
 
     # The same events, shuffled, some twice, in arbitrary batches, with timer sweeps between,
     # stored and loaded between batches as the service does: the inputs in a table of their
@@ -314,7 +355,7 @@ def test_arrival_order_duplicates_and_batching_change_nothing(
     def step(batch: list[Input], clock: int | None = None) -> None:
         if tl.needs_inputs(batch):
             tl.load_inputs([i.to_json() for i in reversed(table)])
-        table.extend(advance(tl, MODEL, batch, clock).fresh)
+        table.extend(advance(tl, SCORED, batch, clock).fresh)
 
     pos = 0
     while pos < len(arrivals):
@@ -338,7 +379,7 @@ def test_arrival_order_duplicates_and_batching_change_nothing(
 def _stored_and_loaded(tl: Timeline, *, without_fold: bool) -> Timeline:
     stored = json.loads(json.dumps(tl.to_json()))
     if without_fold:
-        del stored["a"]
+        del stored["f"]
     loaded = Timeline.from_json("c-1", stored, tl.evaluated_until)
     # The facts that decided each transition live in the history table, not here.
     pairs = zip(loaded.history, tl.history, strict=True)
@@ -362,12 +403,12 @@ def test_a_timer_that_wakes_only_at_due_times_builds_the_daily_history(
     for day in range(1, 451):
         now = at(day)
         arriving = [i for i in events if at(day - 1) < i.at <= now]
-        advance(daily, MODEL, arriving, now)
+        advance(daily, SCORED, arriving, now)
         if arriving:
-            advance(lazy, MODEL, arriving, now)  # the event path: due is the next tick
+            advance(lazy, SCORED, arriving, now)  # the event path: due is the next tick
         elif lazy.due_at is not None and lazy.due_at <= now:
             # The service hands back the stored due time (same model, same inputs).
-            advance(lazy, MODEL, [], now, look_ahead=look_ahead, quiet_until=lazy.due_at)
+            advance(lazy, SCORED, [], now, look_ahead=look_ahead, quiet_until=lazy.due_at)
             woken += 1
     assert [t.compact() for t in lazy.history] == [t.compact() for t in daily.history]
     assert [t.facts for t in lazy.history] == [t.facts for t in daily.history]

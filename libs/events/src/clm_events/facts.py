@@ -40,6 +40,18 @@ FACTS: dict[str, tuple[str, str]] = {
     "name": ("string?", "trait"),
     "timezone": ("string?", "trait: IANA time zone, e.g. Europe/Berlin"),
     "locale": ("string?", "trait, e.g. de-DE"),
-    "clv": ("double?", "latest customer lifetime value from scoring"),
-    "churn_probability": ("double?", "latest churn probability from scoring, 0-1"),
+    "clv": (
+        "double?",
+        "customer lifetime value as of now under the served score model, in the currency "
+        "of the purchases (to the cent)",
+    ),
+    "churn_probability": (
+        "double?",
+        "churn probability (1 - P(alive)) as of now under the served score model, 0-1",
+    ),
+    "clv_top_decile": (
+        "double?",
+        "the CLV at the 90th percentile of the customer base when the served score model "
+        "was fitted",
+    ),
 }

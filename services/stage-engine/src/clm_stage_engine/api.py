@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import Stage
+from clm_events.scoremodel import ServedModel
 from clm_stage_engine import kpis
 from clm_stage_engine import repository as repo
-from clm_stage_engine.domain.facts import to_json
-from clm_stage_engine.domain.inputs import from_us, to_us
+from clm_stage_engine.domain.facts import Accumulator, to_json
+from clm_stage_engine.domain.inputs import US_PER_DAY, from_us, to_us
 from clm_stage_engine.domain.model import VARIABLES, ModelError, ModelSpec, Rule, compile_model
 from clm_stage_engine.domain.timeline import reevaluate
 from clm_stage_engine.handlers import load_timelines
@@ -47,9 +48,9 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
             raise HTTPException(404, f"no customer '{customer_id}'")
         stored = {customer_id: (row.timeline, row.evaluated_until)}
         tl = (await load_timelines(session, stored))[customer_id]
+        served = (await request.app.state.stage_engine.models.current(session)).served
     acc = tl.fold()  # every input, as of the clock
     now = max(to_us(datetime.now(UTC)), tl.evaluated_until or 0)
-    score = acc.score
     return {
         "customer_id": customer_id,
         "stage": row.stage,
@@ -59,8 +60,27 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         # could move them, or a re-check where its look-ahead ended; null if time cannot.
         "next_check_at": _iso(row.due_at),
         "model_version": row.model_version,
-        "facts": to_json(acc.facts(now)),
-        "scores": {**score, "updated_at": _iso(from_us(acc.score_at or 0))} if score else None,
+        # Facts and scores as of now: the scores the rules read, under the served model.
+        "facts": to_json(acc.with_scores(acc.facts(now), now, served)),
+        "scores": scores_out(acc, now, served),
+    }
+
+
+def scores_out(acc: Accumulator, now: int, served: ServedModel | None) -> dict[str, Any] | None:
+    """The customer's scores as of `now`, as scoring's API gives them for that day."""
+    summary = acc.score_summary(now)
+    if served is None or summary is None:
+        return None
+    s = served.score(summary)
+    return {
+        "p_alive": s.p_alive,
+        "churn_probability": s.churn_probability,
+        "expected_purchases": s.expected_purchases,
+        "expected_spend": s.expected_spend,
+        "clv": round(s.clv, 2),
+        "model": served.model,
+        "score_model_version": served.version,
+        "as_of": from_us(now - now % US_PER_DAY).date().isoformat(),
     }
 
 
@@ -193,6 +213,8 @@ def _model_out(row: repo.ModelRow) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "created_by": row.created_by,
         **row.spec,
+        # What rules reading scores evaluate under (null until scoring served one).
+        "score_model": row.score_model,
     }
 
 
@@ -254,8 +276,10 @@ async def dry_run_model(
     nothing is stored or published. Evaluates at most `max_customers` (in id order;
     `complete` says whether that was everyone)."""
     spec = body.spec()
+    async with _sessions(request)() as session, session.begin():
+        served = (await request.app.state.stage_engine.models.current(session)).served
     try:
-        draft = compile_model(spec, 0)
+        draft = compile_model(spec, 0, served)
     except ModelError as exc:
         return _invalid(exc)
     clock = to_us(datetime.now(UTC))
@@ -319,7 +343,9 @@ async def put_model(body: ModelIn, request: Request, caller: AdminKey) -> JSONRe
         return _invalid(exc)
     async with _sessions(request)() as session, session.begin():
         await _current(request, session)
-        version = await repo.add_model(session, json.loads(json.dumps(spec.to_json())), caller.id)
+        version = await repo.add_model(
+            session, caller.id, spec=json.loads(json.dumps(spec.to_json()))
+        )
         row = await repo.get_model(session, version)
     assert row is not None
     return JSONResponse(_model_out(row), status_code=200)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events.consumer import Delivery
+from clm_events.envelope import LifecycleScoreModelServedEvent
+from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_stage_engine import metrics
 from clm_stage_engine import repository as repo
@@ -80,8 +82,25 @@ class Models:
         if self._current is None or self._current.version != version:
             row = await repo.get_model(session, version)
             assert row is not None
-            self._current = compile_model(ModelSpec.from_json(row.spec), row.version)
+            self._current = compile_row(row)
         return self._current
+
+    async def adopt(self, session: AsyncSession, served: ServedModel) -> int | None:
+        """Make a served score model current: a new lifecycle model version (same rules),
+        which the model-change sweep applies to every customer. None when it changes
+        nothing: an older or a replayed version, or the same parameters."""
+        current = (await self.current(session)).served
+        if current is not None and (
+            served.version <= current.version or served.same_parameters(current)
+        ):
+            return None
+        return await repo.add_model(session, "scoring", score_model=served.to_json())
+
+
+def compile_row(row: repo.ModelRow) -> CompiledModel:
+    """A stored version, compiled with the score model it carries."""
+    served = ServedModel.from_json(row.score_model) if row.score_model else None
+    return compile_model(ModelSpec.from_json(row.spec), row.version, served)
 
 
 class StageEngine:
@@ -113,6 +132,14 @@ class StageEngine:
         by_customer: dict[str, list[Input]] = {}
         kinds: Counter[str] = Counter()
         for d in deliveries:
+            if isinstance(d.event, LifecycleScoreModelServedEvent):
+                served = ServedModel.from_json(d.event.data.model_dump())
+                if (version := await self.models.adopt(session, served)) is not None:
+                    log.info(
+                        "score model adopted",
+                        extra={"score_model_version": served.version, "version": version},
+                    )
+                continue
             i = from_event(d.event)
             if i is None:  # a derived or foreign type on our topics: a producer bug
                 raise ValueError(f"event type {d.event.type!r} is not a stage-engine input")
@@ -237,7 +264,7 @@ class StageEngine:
             # Time moves a customer only once their inputs have stopped arriving a while.
             hold = settle if out.fresh else None
             if out.inputs_changed or out.history_changed or full or (new and cid in new):
-                rows.append(self._row(tl, model.version, until, due, hold))
+                rows.append(self._row(tl, model.version, model.served, until, due, hold))
             else:
                 clocks.append((cid, until, from_us(due) if due is not None else None, hold))
         await repo.add_inputs(session, inputs)
@@ -255,6 +282,7 @@ class StageEngine:
     def _row(
         tl: Timeline,
         version: int,
+        served: ServedModel | None,
         until: datetime | None,
         due: int | None,
         settle: datetime | None,
@@ -262,6 +290,8 @@ class StageEngine:
         f = tl.last_facts
         if f is None:
             f = tl.fold().facts(tl.evaluated_until or 0)
+        # Scores as of the clock, for the columns that rank and filter customers.
+        scores = tl.fold().with_scores(f, tl.evaluated_until or 0, served)
         since = tl.since
         return repo.CustomerRow(
             customer_id=tl.customer,
@@ -270,8 +300,8 @@ class StageEngine:
             evaluated_until=until,
             due_at=from_us(due) if due is not None else None,
             model_version=version,
-            clv=f["clv"],
-            churn_probability=f["churn_probability"],
+            clv=scores["clv"],
+            churn_probability=scores["churn_probability"],
             latest_nps=f["latest_nps"],
             timeline=_json(tl.to_json()),
             settle_until=settle,

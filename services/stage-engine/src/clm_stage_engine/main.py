@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     rt.add_consumer(
         group_id=settings.group_id,
-        topics=[*rt.topics.domains, rt.topics.scores],
+        topics=[*rt.topics.domains, rt.topics.models],
         handler=engine.handle,
     )
     timer = TimerLoop(

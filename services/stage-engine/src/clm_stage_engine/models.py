@@ -74,6 +74,9 @@ lifecycle_models = sa.Table(
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("spec", JSONB, nullable=False),
+    # The score model scoring served when this version was made (clm_events.scoremodel):
+    # rules reading scores evaluate under it.
+    sa.Column("score_model", JSONB),
     sa.Column("created_by", sa.Text),
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()

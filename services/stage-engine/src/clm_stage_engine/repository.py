@@ -27,6 +27,11 @@ class ModelRow:
     spec: dict[str, Any]
     created_by: str | None
     created_at: datetime
+    score_model: dict[str, Any] | None = None  # ServedModel.to_json, None before any
+
+    @classmethod
+    def of(cls, row: Any) -> ModelRow:
+        return cls(row.version, row.spec, row.created_by, row.created_at, row.score_model)
 
 
 async def latest_model_version(session: AsyncSession) -> int | None:
@@ -40,13 +45,13 @@ async def get_model(session: AsyncSession, version: int | None = None) -> ModelR
     if version is not None:
         query = sa.select(m).where(m.c.version == version)
     row = (await session.execute(query)).first()
-    return ModelRow(row.version, row.spec, row.created_by, row.created_at) if row else None
+    return ModelRow.of(row) if row else None
 
 
 async def list_models(session: AsyncSession) -> list[ModelRow]:
     m = lifecycle_models
     rows = await session.execute(sa.select(m).order_by(m.c.version.desc()))
-    return [ModelRow(r.version, r.spec, r.created_by, r.created_at) for r in rows]
+    return [ModelRow.of(r) for r in rows]
 
 
 async def ensure_model(session: AsyncSession, spec: dict[str, Any]) -> None:
@@ -58,12 +63,27 @@ async def ensure_model(session: AsyncSession, spec: dict[str, Any]) -> None:
     )
 
 
-async def add_model(session: AsyncSession, spec: dict[str, Any], created_by: str) -> int:
-    """Store a new version; concurrent writers are serialised so versions never collide."""
+async def add_model(
+    session: AsyncSession,
+    created_by: str,
+    *,
+    spec: dict[str, Any] | None = None,
+    score_model: dict[str, Any] | None = None,
+) -> int:
+    """Store a new version with a new spec or a new score model, the other carried over
+    from the latest version. Concurrent writers are serialised so versions never collide."""
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(_MODEL_LOCK)))
-    version = int(await latest_model_version(session) or 0) + 1
+    latest = await get_model(session)
+    version = (latest.version if latest else 0) + 1
     await session.execute(
-        lifecycle_models.insert().values(version=version, spec=spec, created_by=created_by)
+        lifecycle_models.insert().values(
+            version=version,
+            spec=spec if spec is not None else (latest.spec if latest else None),
+            score_model=score_model
+            if score_model is not None
+            else (latest.score_model if latest else None),
+            created_by=created_by,
+        )
     )
     return version
 

@@ -3,6 +3,10 @@
 The accumulator is fed inputs in (time, source, id) order and answers "the facts now" at
 any moment at or after the last input it saw, so a replay over a customer's timeline
 costs O(log n) per evaluation instead of a refold.
+
+Scores (churn probability, CLV) are facts like the others: evaluated as of the moment,
+from the customer's purchases and the served score model (clm_events.scoremodel), and
+only when a rule reads them (`score_fact`), since a CLV is a dozen hypergeometric terms.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from bisect import bisect_right
 from datetime import datetime
 from typing import Any
 
+from clm_events.scoremodel import ServedModel, Summary
 from clm_stage_engine.domain import inputs as k
 from clm_stage_engine.domain.inputs import US_PER_DAY, Input, from_us
 
@@ -20,6 +25,11 @@ _NO_TRAITS = dict.fromkeys(k.TRAITS)
 _WINDOWS = tuple((days, f"purchases_{days}d", f"revenue_{days}d") for days in WINDOWS_DAYS)
 # Inputs that start the inactivity clocks: only customers with one need timer ticks.
 ANCHORS = frozenset({k.PURCHASE, k.INVOICE_PAID, k.SUBSCRIPTION_STARTED, k.SUBSCRIPTION_CANCELLED})
+# The facts evaluated under the served score model rather than folded.
+SCORE_FACTS = ("clv", "churn_probability", "clv_top_decile")
+_NO_SCORES = dict.fromkeys(SCORE_FACTS)
+# Bumped whenever the stored fold changes shape: an older fold is rebuilt from the inputs.
+FOLD_FORMAT = 2
 
 
 class Accumulator:
@@ -35,19 +45,23 @@ class Accumulator:
         self._nps: int | None = None
         self._web_at: int | None = None
         self._traits: dict[str, str] = {}
-        self.score: dict[str, Any] | None = None
-        self.score_at: int | None = None
         self.anchored = False
-        # Cache of _static_facts, dropped by every add.
+        # purchase.completed orders, as scoring sees them: order -> [day or None (only a
+        # refund seen), amount, refunded].
+        self._orders: dict[str, list[Any]] = {}
+        # Caches dropped by every add: _static_facts, the score summary, the last score.
         self._static: dict[str, Any] | None = None
         self._customer_since: int | None = None
         self._cancelled_at: int | None = None
+        self._summary: tuple[int, int, int, float, float] | bool | None = False
+        self._scored: tuple[Any, ...] = ()
 
     def to_json(self) -> list[Any]:
         """The fold as stored with the timeline, so an input after the clock is added to
         it instead of folding every stored input again. A list: it is written with every
         event. Sums are kept as summed (JSON round-trips floats exactly)."""
         return [
+            FOLD_FORMAT,
             self.purchase_at,
             self._revenue_prefix,
             self.refund_at,
@@ -59,15 +73,18 @@ class Accumulator:
             self._nps,
             self._web_at,
             self._traits,
-            self.score,
-            self.score_at,
             self.anchored,
+            self._orders,
         ]
 
     @classmethod
-    def from_json(cls, raw: list[Any]) -> Accumulator:
+    def from_json(cls, raw: list[Any]) -> Accumulator | None:
+        """The stored fold, or None when it has an older shape (rebuild it)."""
+        if not raw or raw[0] != FOLD_FORMAT:
+            return None
         acc = cls()
         (
+            _,
             acc.purchase_at,
             acc._revenue_prefix,
             acc.refund_at,
@@ -79,24 +96,28 @@ class Accumulator:
             acc._nps,
             acc._web_at,
             acc._traits,
-            acc.score,
-            acc.score_at,
             acc.anchored,
+            acc._orders,
         ) = raw
         acc._subscriptions = {sid: (kind, at) for sid, (kind, at) in subscriptions.items()}
         return acc
 
     def add(self, i: Input) -> None:
-        self._static = None
+        self._static, self._summary, self._scored = None, False, ()
         kind, d = i.kind, i.data
         if kind == k.PURCHASE or kind == k.INVOICE_PAID:
             self.purchase_at.append(i.at)
             self._revenue_prefix.append(self._revenue_prefix[-1] + float(d.get("amount", 0.0)))
             if kind == k.INVOICE_PAID:
                 self._invoices[str(d["invoice"])] = kind
+            else:  # a repeated order keeps its latest values, as in scoring
+                order = self._orders.setdefault(str(d.get("order", i.id)), [None, 0.0, 0.0])
+                order[0], order[1] = i.at // US_PER_DAY, float(d.get("amount", 0.0))
         elif kind == k.REFUND:
             self.refund_at.append(i.at)
             self._refund_prefix.append(self._refund_prefix[-1] + float(d["amount"]))
+            if "order" in d:  # inputs stored by earlier releases name no order
+                self._orders.setdefault(str(d["order"]), [None, 0.0, 0.0])[2] += float(d["amount"])
         elif kind == k.PAYMENT_FAILED:
             self._invoices[str(d["invoice"])] = kind
         elif kind == k.SUBSCRIPTION_STARTED or kind == k.SUBSCRIPTION_CANCELLED:
@@ -109,8 +130,6 @@ class Accumulator:
             self._tickets.setdefault(str(d["ticket"]), [None, False])[1] = True
         elif kind == k.NPS:
             self._nps = int(d["score"])
-        elif kind == k.SCORE:
-            self.score, self.score_at = d, i.at
         if kind.startswith("web."):
             self._web_at = i.at if self._web_at is None else max(self._web_at, i.at)
             self._traits.update(d.get("traits") or {})
@@ -192,9 +211,76 @@ class Accumulator:
         f["last_web_activity_at"] = from_us(self._web_at) if self._web_at is not None else None
         traits = self._traits
         f.update({name: traits.get(name) for name in k.TRAITS} if traits else _NO_TRAITS)
-        f["clv"] = float(self.score["clv"]) if self.score else None
-        f["churn_probability"] = float(self.score["churn_probability"]) if self.score else None
+        f.update(_NO_SCORES)  # evaluated on demand: see score_fact and with_scores
         return f
+
+    def score_fact(self, name: str, now: int, served: ServedModel | None) -> float | None:
+        """A score fact as of `now` (a day, as scoring's as-of date) under `served`: None
+        without a served model or, for the customer's own scores, without a purchase."""
+        if served is None:
+            return None
+        if name == "clv_top_decile":
+            return served.clv_top_decile
+        summary = self.score_summary(now)
+        if summary is None:
+            return None
+        scored = self._scored  # (served, T, clv or None, churn) of the last call
+        T = summary.T_days
+        if (
+            not scored
+            or scored[0] is not served
+            or scored[1] != T
+            or (scored[2] is None and name == "clv")
+        ):
+            if name == "clv":  # the whole score; P(alive) alone is a few logarithms
+                score = served.score(summary)
+                # Money is published to the cent (as scoring does): rules see that value.
+                scored = (served, T, round(score.clv, 2), score.churn_probability)
+            else:
+                scored = (served, T, None, 1.0 - served.p_alive(summary))
+            self._scored = scored
+        return scored[2] if name == "clv" else scored[3]  # type: ignore[no-any-return]
+
+    def score_summary(self, now: int) -> Summary | None:
+        """The purchase summary scoring would compute as of `now`'s day (None: no purchase)."""
+        base = self._score_summary()
+        if base is None:
+            return None
+        x, first_day, t_x, mean_repeat_spend, mean_spend = base
+        return Summary(x, t_x, now // US_PER_DAY - first_day, mean_repeat_spend, mean_spend)
+
+    def with_scores(
+        self, facts: dict[str, Any], now: int, served: ServedModel | None
+    ) -> dict[str, Any]:
+        """`facts` with every score fact filled in (what is stored and published)."""
+        if served is None:
+            return facts
+        return {**facts, **{n: self.score_fact(n, now, served) for n in SCORE_FACTS}}
+
+    def _score_summary(self) -> tuple[int, int, int, float, float] | None:
+        """(x, first day, t_x in days, mean repeat spend, mean spend) of the orders that
+        count (a fully refunded one does not), grouped by day: scoring's summary."""
+        if self._summary is not False:
+            return self._summary  # type: ignore[return-value]
+        by_day: dict[int, float] = {}
+        for day, amount, refunded in self._orders.values():
+            if day is None or (refunded > 0 and refunded >= amount):
+                continue
+            by_day[day] = by_day.get(day, 0.0) + max(0.0, amount - refunded)
+        summary = None
+        if by_day:
+            days = sorted(by_day)
+            x, first = len(days) - 1, days[0]
+            repeat = sum(by_day[d] for d in days[1:])
+            summary = (
+                x,
+                first,
+                days[-1] - first,
+                repeat / x if x else 0.0,
+                (by_day[first] + repeat) / len(days),
+            )
+        self._summary = summary
+        return summary
 
 
 def to_json(facts: dict[str, Any]) -> dict[str, Any]:

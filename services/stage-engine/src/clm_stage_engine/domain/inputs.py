@@ -27,6 +27,8 @@ NPS = "support.nps_submitted"
 SIGNED_UP = "web.signed_up"
 IDENTIFIED = "web.identified"
 PAGE_VIEWED = "web.page_viewed"
+# Stored by earlier releases, which took scores as inputs; ignored when read back (the
+# stage engine evaluates scores itself, see domain.facts).
 SCORE = "lifecycle.score_updated"
 
 TRAITS = ("email", "name", "timezone", "locale")
@@ -89,7 +91,8 @@ def from_event(event: Event) -> Input | None:
     compact: dict[str, Any]
     match kind:
         case "purchase.completed" | "purchase.refunded":
-            compact = {"amount": float(d["amount"])}
+            # The order ties a refund to its purchase in the score summary (scoring's).
+            compact = {"amount": float(d["amount"]), "order": d["order_id"]}
         case "billing.invoice_paid":
             compact = {"amount": float(d["amount"]), "invoice": d["invoice_id"]}
         case "billing.payment_failed":
@@ -108,14 +111,6 @@ def from_event(event: Event) -> Input | None:
             compact = {"traits": _traits(d.get("traits"))}
         case "web.page_viewed":
             compact = {}
-        case "lifecycle.score_updated":
-            compact = {
-                "clv": float(d["clv"]),
-                "churn_probability": d["churn_probability"],
-                "p_alive": d["p_alive"],
-                "expected_purchases": d["expected_purchases"],
-                "model": d["model"],
-            }
         case _:
             return None
     return Input(to_us(event.time), event.source, event.id, kind, compact)

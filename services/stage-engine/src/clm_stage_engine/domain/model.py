@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,8 @@ import cel
 
 from clm_events.catalog import Stage
 from clm_events.facts import FACTS
+from clm_events.scoremodel import ServedModel
+from clm_stage_engine.domain.facts import SCORE_FACTS
 
 # Variables a rule may name besides the facts: the customer's current stage ("" before
 # the first classification) and the purchases made since they entered it.
@@ -134,8 +137,14 @@ def _samples(stages: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
     return [("every optional fact is null", empty), ("every fact is present", full)]
 
 
+Scores = Callable[[str], Any]  # score fact name -> its value for this evaluation
+
+
 @dataclass
 class CompiledModel:
+    """A lifecycle model version: the rules, compiled, and the score model scoring served
+    when the version was made (a new served score model makes a new version)."""
+
     version: int
     spec: ModelSpec
     _chain: Any = field(repr=False)
@@ -143,29 +152,49 @@ class CompiledModel:
     # Only the variables the rules name are handed to CEL: converting values (times
     # above all) into the CEL runtime is most of an evaluation's cost.
     used: tuple[str, ...] = ()
+    served: ServedModel | None = None
     used_facts: tuple[str, ...] = field(init=False)
+    used_scores: tuple[str, ...] = field(init=False)
     uses_purchases_in_stage: bool = field(init=False)
     _values: dict[str, Any] = field(init=False, repr=False)
     _context: Any = field(init=False, repr=False)
+    _scores: Scores | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.used_facts = tuple(name for name in self.used if name not in CONTEXT)
+        self.used_scores = tuple(n for n in self.used if n in SCORE_FACTS)
+        self.used_facts = tuple(
+            n for n in self.used if n not in CONTEXT and n not in self.used_scores
+        )
         self.uses_purchases_in_stage = "purchases_in_stage" in self.used
         # Values reach the chain through a resolver, so the runtime converts only the
         # variables an evaluation reads (short-circuits skip the rest): about a third
         # cheaper than a dict of them all. A None from the resolver falls through to the
-        # variable registered here as null.
+        # variable registered here as null. Scores are computed only when read.
         self._values = {}
         self._context = cel.Context()
         for name in self.used:
             self._context.add_variable(name, None)
-        self._context.set_variable_resolver(self._values.get)
+        self._context.set_variable_resolver(self._resolve if self.used_scores else self._values.get)
+
+    def _resolve(self, name: str) -> Any:
+        values = self._values
+        if name in values:
+            return values[name]
+        if name in SCORE_FACTS and self._scores is not None:
+            value = values[name] = self._scores(name)
+            return value
+        return None
 
     def evaluate(
-        self, facts: dict[str, Any], stage: str, purchases_in_stage: int
+        self,
+        facts: dict[str, Any],
+        stage: str,
+        purchases_in_stage: int,
+        scores: Scores | None = None,
     ) -> tuple[str | None, list[str]]:
         """(target stage or None, names of rules that failed to evaluate) for a customer
-        with these facts, in `stage` ("" before the first)."""
+        with these facts, in `stage` ("" before the first); `scores` gives the score
+        facts the rules read, as of the same moment."""
         values = self._values
         values.clear()
         for name in self.used_facts:
@@ -173,14 +202,19 @@ class CompiledModel:
         values["stage"] = stage
         if self.uses_purchases_in_stage:
             values["purchases_in_stage"] = purchases_in_stage
+        self._scores = scores
         try:
             target = self._chain.execute(self._context)
             return (target or None), []
         except (RuntimeError, TypeError, ValueError):
             pass
+        finally:
+            self._scores = None
         # One rule failed on this customer's facts: evaluate rule by rule, count the
         # failing ones as not matching, and report them (metrics, logs).
         activation = dict(values)
+        for name in self.used_scores:
+            activation[name] = scores(name) if scores is not None else None
         failed: list[str] = []
         for rule, program in zip(self.spec.rules, self._rules, strict=True):
             if rule.from_stages is not None and activation.get("stage") not in rule.from_stages:
@@ -200,7 +234,9 @@ def _guard(rule: Rule) -> str:
     return cond
 
 
-def compile_model(spec: ModelSpec, version: int) -> CompiledModel:
+def compile_model(
+    spec: ModelSpec, version: int, served: ServedModel | None = None
+) -> CompiledModel:
     """Check and compile every expression; raise ModelError naming each problem."""
     errors: list[tuple[str, str]] = []
     known = {s.value for s in Stage}
@@ -258,13 +294,15 @@ def compile_model(spec: ModelSpec, version: int) -> CompiledModel:
     for rule in reversed(spec.rules):
         chain = f"({_guard(rule)}) ? {json.dumps(rule.to)} : {chain}"
     used = {"stage"} | {n for r in spec.rules for n in _names(r.when)}
-    return CompiledModel(version, spec, cel.compile(chain), programs, tuple(sorted(used)))
+    return CompiledModel(version, spec, cel.compile(chain), programs, tuple(sorted(used)), served)
 
 
-# The default model (DESIGN.md, "Lifecycle model"). Inactivity thresholds are in days;
-# "top CLV decile" is a CLV threshold, since a percentile would make one customer's
-# stage depend on everyone else's.
+# The default model (docs/design.md, "Lifecycle model"). Inactivity thresholds are in
+# days. "Top CLV decile" is the served score model's `clv_top_decile`: fixed per model
+# version, so a customer's stage depends on their own events, not on everyone else's
+# (a refit is a model change), and it means the same in every currency's base.
 _CUSTOMER = "purchases_total > 0"
+_TOP_CLV = "(clv != null && clv_top_decile != null && clv >= clv_top_decile)"
 DEFAULT_MODEL = ModelSpec(
     stages=tuple(s.value for s in Stage),
     rules=(
@@ -300,10 +338,9 @@ DEFAULT_MODEL = ModelSpec(
         Rule(
             "advocate",
             "advocate",
-            "(purchases_365d >= 4 || (clv != null && clv >= 1000.0)) && "
-            "latest_nps != null && latest_nps >= 9",
+            f"(purchases_365d >= 4 || {_TOP_CLV}) && latest_nps != null && latest_nps >= 9",
         ),
-        Rule("loyal", "loyal", "purchases_365d >= 4 || (clv != null && clv >= 1000.0)"),
+        Rule("loyal", "loyal", f"purchases_365d >= 4 || {_TOP_CLV}"),
         Rule(
             "onboarding",
             "onboarding",

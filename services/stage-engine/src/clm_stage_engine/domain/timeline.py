@@ -20,12 +20,10 @@ the last one (up to the configured look-ahead, shortened by a per-customer hash 
 customers woken together drift apart): a customer woken every day costs one probe, a
 quiet one is woken ever more rarely.
 
-A score does not move the clock. Scoring stamps a score with the wall clock, so for a
-customer whose history is still arriving (an import, a replay) a score would otherwise
-pull the clock to now, evaluate every tick up to it, and let the next (older) event
-rewrite all of that. A score later than the clock waits (`pending`) until an event or the
-timer brings the clock to its time, and is evaluated there: the history is the same
-function of the inputs, only the moment it is computed changes.
+Scores are not inputs: a rule reading the churn probability or the CLV gets them as of
+the moment evaluated, under the served score model the lifecycle model version carries
+(domain.facts.Accumulator.score_fact). Scores stamped with the wall clock would make the
+history depend on when they arrived; these depend only on the events and the model.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from typing import Any
 
 from clm_stage_engine.domain.facts import Accumulator, to_json
 from clm_stage_engine.domain.inputs import SCORE, US_PER_DAY, Input
-from clm_stage_engine.domain.model import CompiledModel
+from clm_stage_engine.domain.model import CompiledModel, Scores
 
 TICK = US_PER_DAY
 
@@ -146,8 +144,6 @@ class Timeline:
     _inputs: list[Input] | None = field(default=None, repr=False)
     # Keys of the inputs, built when a late input arrives.
     _keys: set[tuple[str, str]] | None = field(default=None, repr=False)
-    # Scores later than the clock, in order: stored, not yet folded or evaluated.
-    pending: list[Input] = field(default_factory=list, repr=False)
     # Transition id -> how many times a late event retracted it after it was published:
     # a transition published again gets a new event id, which consumers do not drop as a
     # repeat of the first publication.
@@ -159,7 +155,8 @@ class Timeline:
         if self._inputs is None:
             if self._raw is None:
                 raise RuntimeError(f"the inputs of {self.customer} were not loaded")
-            self._inputs = [Input.from_json(raw) for raw in self._raw]
+            # Scores stored by earlier releases are not inputs any more.
+            self._inputs = [Input.from_json(raw) for raw in self._raw if raw[3] != SCORE]
         return self._inputs
 
     def needs_inputs(self, new_inputs: list[Input]) -> bool:
@@ -188,16 +185,16 @@ class Timeline:
             self.folded = Accumulator()
             until = self.evaluated_until
             for i in self.inputs:
-                if until is not None and i.at <= until:  # later ones are pending scores
+                if until is not None and i.at <= until:
                     self.folded.add(i)
         return self.folded
 
     def to_json(self) -> dict[str, Any]:
         """History and the fold; the inputs and the clock are stored apart (the inputs
         grow, the clock changes far more often)."""
-        out: dict[str, Any] = {"h": [t.compact() for t in self.history], "a": self.fold().to_json()}
-        if self.pending:
-            out["p"] = [i.to_json() for i in self.pending]
+        # The fold is stored under "f" since it carries orders for the scores: a release
+        # that stored it under "a" finds none and rebuilds it from the inputs.
+        out: dict[str, Any] = {"h": [t.compact() for t in self.history], "f": self.fold().to_json()}
         if self.retracted:
             out["x"] = self.retracted
         return out
@@ -208,9 +205,8 @@ class Timeline:
             customer,
             [Transition.from_compact(t) for t in raw["h"]],
             evaluated_until,
-            folded=Accumulator.from_json(raw["a"]) if "a" in raw else None,
+            folded=Accumulator.from_json(raw["f"]) if "f" in raw else None,
             _raw=None,
-            pending=[Input.from_json(i) for i in raw.get("p", ())],
             retracted=dict(raw.get("x", {})),
         )
 
@@ -253,12 +249,9 @@ def advance(
     until = tl.evaluated_until
     acc: Accumulator | None = None
     arrived = bool(new_inputs)
-    if tl.pending:  # a repeat of a pending score is a repeat like any other
-        pending_keys = {i.key for i in tl.pending}
-        new_inputs = [i for i in new_inputs if i.key not in pending_keys]
     if tl.folded is not None and (until is None or all(i.at > until for i in new_inputs)):
-        # Stored inputs are all at or before the clock, or pending, so none of these can
-        # repeat one (the store refuses an id reused at another time): only repeats within
+        # Stored inputs are all at or before the clock, so none of these can repeat one
+        # (the store refuses an id reused at another time): only repeats within
         # the batch are dropped (the first kept, as below), and the fold takes them from here.
         first: dict[tuple[str, str], Input] = {}
         for i in new_inputs:
@@ -284,19 +277,14 @@ def advance(
         if fresh:
             tl.inputs.extend(fresh)
             tl.inputs.sort(key=lambda i: i.order)
-    moving = [i for i in fresh if i.kind != SCORE]
-    candidates = [c for c in (until, clock, *(i.at for i in moving)) if c is not None]
-    waiting = sorted([*tl.pending, *(i for i in fresh if i.kind == SCORE)], key=lambda i: i.order)
-    target = max(candidates) if candidates else None
-    ready = [i for i in waiting if target is not None and i.at <= target]
-    tl.pending = [i for i in waiting if target is None or i.at > target]
-    if target is None:  # only scores, and no clock yet: they wait for one
-        tl.due_at = tl.pending[0].at if tl.pending else None
+    candidates = [c for c in (until, clock, *(i.at for i in fresh)) if c is not None]
+    if not candidates:  # nothing to evaluate, and no clock yet
         return Outcome(len(tl.history), [], [], fresh)
-    if not fresh and not ready and until is not None and target <= until:
+    target = max(candidates)
+    if not fresh and until is not None and target <= until:
         if arrived:
             return Outcome(len(tl.history), [], [], [], touched=False)
-        tl.due_at = _with_pending(tl, next_tick(until) if tl.fold().anchored else None)
+        tl.due_at = next_tick(until) if tl.fold().anchored else None
         return Outcome(len(tl.history), [], [], [])
 
     earliest = min((i.at for i in fresh), default=None)
@@ -326,10 +314,9 @@ def advance(
     if acc is None:  # a late input or no fold yet: replay every input up to the target
         failures, acc = _replay(tl, model, Accumulator(), tl.inputs, lo, inclusive, target)
     else:
-        due_now = sorted([*moving, *ready], key=lambda i: i.order)
-        failures, acc = _replay(tl, model, acc, due_now, lo, inclusive, target)
+        failures, acc = _replay(tl, model, acc, fresh, lo, inclusive, target)
     tl.evaluated_until, tl.folded = target, acc  # acc folds every input up to the target
-    tl.due_at = _with_pending(tl, _due(tl, model, acc, look_ahead))
+    tl.due_at = _due(tl, model, acc, look_ahead)
     new_tail = tl.history[keep:]
     # A replay usually rebuilds most of what it dropped: only the difference is news.
     common = 0
@@ -339,15 +326,6 @@ def advance(
     ):
         common += 1
     return Outcome(keep + common, old_tail[common:], new_tail[common:], fresh, failures)
-
-
-def _with_pending(tl: Timeline, due: int | None) -> int | None:
-    """The due time, brought forward to the first pending score: the timer evaluates it
-    once the clock may reach it."""
-    if not tl.pending:
-        return due
-    first = tl.pending[0].at
-    return first if due is None else min(due, first)
 
 
 def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) -> int | None:
@@ -364,7 +342,9 @@ def _due(tl: Timeline, model: CompiledModel, acc: Accumulator, look_ahead: int) 
     stage, since = tl.stage, tl.since
     in_stage = acc.purchases_after(since)
     for _ in range(look_ahead):
-        to, failed = model.evaluate(acc.facts(tick), stage or "", in_stage)
+        to, failed = model.evaluate(
+            acc.facts(tick), stage or "", in_stage, _scores(model, acc, tick)
+        )
         if failed or (to is not None and to != stage):
             return tick
         tick += TICK
@@ -390,13 +370,13 @@ def _replay(
         facts = acc.facts(at)
         tl.last_facts = facts
         in_stage = acc.purchases_after(since)
-        to, failed = model.evaluate(facts, stage or "", in_stage)
+        to, failed = model.evaluate(facts, stage or "", in_stage, _scores(model, acc, at))
         failures.extend(failed)
         if to is not None and to != stage:
             cause_event = (event.source, event.id, event.kind) if event else None
-            tl.history.append(
-                Transition(at, stage, to, cause, cause_event, model.version, to_json(facts))
-            )
+            # The deciding facts as of this moment, scores included.
+            decided = to_json(acc.with_scores(facts, at, model.served))
+            tl.history.append(Transition(at, stage, to, cause, cause_event, model.version, decided))
             stage, since = to, at
 
     def in_range(moment: int) -> bool:
@@ -434,21 +414,25 @@ def reevaluate(tl: Timeline, model: CompiledModel, clock: int, *, look_ahead: in
     a different stage is a `model_change` transition."""
     at = max(clock, tl.evaluated_until or clock)
     acc = tl.fold()  # every input up to the clock
-    for i in [i for i in tl.pending if i.at <= at]:  # the change itself brings them in
-        acc.add(i)
-    tl.pending = [i for i in tl.pending if i.at > at]
     facts = acc.facts(at)
     tl.last_facts = facts
     since = tl.since
     in_stage = acc.purchases_after(since)
-    to, failed = model.evaluate(facts, tl.stage or "", in_stage)
+    to, failed = model.evaluate(facts, tl.stage or "", in_stage, _scores(model, acc, at))
     tl.evaluated_until = at
     keep = len(tl.history)
     added: list[Transition] = []
     if to is not None and to != tl.stage:
-        added.append(
-            Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, to_json(facts))
-        )
+        decided = to_json(acc.with_scores(facts, at, model.served))
+        added.append(Transition(at, tl.stage, to, MODEL_CHANGE, None, model.version, decided))
         tl.history.extend(added)
-    tl.due_at = _with_pending(tl, _due(tl, model, acc, look_ahead))
+    tl.due_at = _due(tl, model, acc, look_ahead)
     return Outcome(keep, [], added, [], failed)
+
+
+def _scores(model: CompiledModel, acc: Accumulator, at: int) -> Scores | None:
+    """The score facts the rules read, as of `at`, computed only if read."""
+    if not model.used_scores:
+        return None
+    served = model.served
+    return lambda name: acc.score_fact(name, at, served)
