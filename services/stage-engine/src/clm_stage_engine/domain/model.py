@@ -140,6 +140,18 @@ def _samples(stages: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
 Scores = Callable[[str], Any]  # score fact name -> its value for this evaluation
 
 
+class _Values(dict[str, Any]):
+    """One evaluation's variables; a score fact is computed when first read."""
+
+    scores: Scores | None = None
+
+    def __missing__(self, name: str) -> Any:
+        if name in SCORE_FACTS and self.scores is not None:
+            value = self[name] = self.scores(name)
+            return value
+        return None
+
+
 @dataclass
 class CompiledModel:
     """A lifecycle model version: the rules, compiled, and the score model scoring served
@@ -156,9 +168,8 @@ class CompiledModel:
     used_facts: tuple[str, ...] = field(init=False)
     used_scores: tuple[str, ...] = field(init=False)
     uses_purchases_in_stage: bool = field(init=False)
-    _values: dict[str, Any] = field(init=False, repr=False)
+    _values: _Values = field(init=False, repr=False)
     _context: Any = field(init=False, repr=False)
-    _scores: Scores | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.used_scores = tuple(n for n in self.used if n in SCORE_FACTS)
@@ -170,20 +181,15 @@ class CompiledModel:
         # variables an evaluation reads (short-circuits skip the rest): about a third
         # cheaper than a dict of them all. A None from the resolver falls through to the
         # variable registered here as null. Scores are computed only when read.
-        self._values = {}
+        self._values = _Values()
         self._context = cel.Context()
         for name in self.used:
             self._context.add_variable(name, None)
-        self._context.set_variable_resolver(self._resolve if self.used_scores else self._values.get)
-
-    def _resolve(self, name: str) -> Any:
-        values = self._values
-        if name in values:
-            return values[name]
-        if name in SCORE_FACTS and self._scores is not None:
-            value = values[name] = self._scores(name)
-            return value
-        return None
+        # The dict's own lookup (C) for every variable; only a score not computed yet
+        # for this evaluation calls back into Python (_Values.__missing__).
+        self._context.set_variable_resolver(
+            self._values.__getitem__ if self.used_scores else self._values.get
+        )
 
     def evaluate(
         self,
@@ -202,14 +208,14 @@ class CompiledModel:
         values["stage"] = stage
         if self.uses_purchases_in_stage:
             values["purchases_in_stage"] = purchases_in_stage
-        self._scores = scores
+        values.scores = scores
         try:
             target = self._chain.execute(self._context)
             return (target or None), []
         except (RuntimeError, TypeError, ValueError):
             pass
         finally:
-            self._scores = None
+            values.scores = None
         # One rule failed on this customer's facts: evaluate rule by rule, count the
         # failing ones as not matching, and report them (metrics, logs).
         activation = dict(values)
