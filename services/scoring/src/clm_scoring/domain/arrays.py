@@ -6,12 +6,15 @@ contribute identically, so a day-grained population fits in the time of its dist
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 Floats = NDArray[np.float64]
+# A log-density over log-parameters and its gradient: what a MAP fit adds to a likelihood.
+LogPrior = Callable[[Floats], tuple[float, Floats]]
 
 
 @dataclass(frozen=True)

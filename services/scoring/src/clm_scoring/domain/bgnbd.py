@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 
-from clm_scoring.domain.arrays import Floats, Frequencies, by_distinct_x
+from clm_scoring.domain.arrays import Floats, Frequencies, LogPrior, by_distinct_x
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,11 @@ def log_likelihood(params: BgNbdParams, f: Frequencies) -> float:
     return _terms(theta, f, xs, index, wx)[0]
 
 
-def fit(f: Frequencies, *, start: BgNbdParams | None = None) -> Fit:
-    """Maximum-likelihood estimates (L-BFGS-B on log-parameters, so all stay positive)."""
+def fit(
+    f: Frequencies, *, start: BgNbdParams | None = None, log_prior: LogPrior | None = None
+) -> Fit:
+    """Maximum-likelihood estimates (L-BFGS-B on log-parameters, so all stay positive), or
+    maximum a posteriori ones with `log_prior` (a density over the log-parameters)."""
     started = time.perf_counter()
     xs, index, wx = by_distinct_x(f.x, f.weight)
     n = f.customers
@@ -97,7 +100,11 @@ def fit(f: Frequencies, *, start: BgNbdParams | None = None) -> Fit:
     scale = 1.0 / n
 
     def objective(theta: Floats) -> tuple[float, Floats]:
-        ll, grad = _terms(np.clip(theta, -20, 20), f, xs, index, wx)
+        clipped = np.clip(theta, -20, 20)
+        ll, grad = _terms(clipped, f, xs, index, wx)
+        if log_prior is not None:
+            lp, lp_grad = log_prior(clipped)
+            ll, grad = ll + lp, grad + lp_grad
         return -ll * scale, -grad * scale
 
     x0 = np.log(
@@ -113,9 +120,12 @@ def fit(f: Frequencies, *, start: BgNbdParams | None = None) -> Fit:
     )
     r, alpha, a, b = (float(v) for v in np.exp(result.x))
     params = BgNbdParams(r, alpha, a, b)
+    ll = -float(result.fun) * n
+    if log_prior is not None:  # report the data's log-likelihood, not the posterior's
+        ll -= log_prior(np.clip(result.x, -20, 20))[0]
     return Fit(
         params=params,
-        log_likelihood=-float(result.fun) * n,
+        log_likelihood=ll,
         converged=bool(result.success and np.isfinite(result.fun)),
         iterations=int(result.nit),
         seconds=time.perf_counter() - started,

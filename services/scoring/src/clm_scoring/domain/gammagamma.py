@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from clm_scoring.domain.arrays import Floats, Spends
+from clm_scoring.domain.arrays import Floats, LogPrior, Spends
 
 
 @dataclass(frozen=True)
@@ -68,27 +68,39 @@ def log_likelihood(params: GammaGammaParams, s: Spends) -> float:
     return _terms(np.log([params.p, params.q, params.gamma]), s)[0]
 
 
-def fit(s: Spends) -> Fit:
+def fit(
+    s: Spends, *, log_prior: LogPrior | None = None, start: tuple[float, float] = (1.0, 2.0)
+) -> Fit:
+    """Maximum-likelihood estimates, or maximum a posteriori ones with `log_prior` (a
+    density over the log-parameters); `start` is (p, q), gamma starts where the
+    population mean spend is the data's."""
     started = time.perf_counter()
     n = float(s.weight.sum())
 
     def objective(theta: Floats) -> tuple[float, Floats]:
         ll, grad = _terms(theta, s)
+        if log_prior is not None:
+            lp, lp_grad = log_prior(theta)
+            ll, grad = ll + lp, grad + lp_grad
         return -ll / n, -grad / n
 
     mean = float(np.average(s.mean_spend, weights=s.weight))
+    p0, q0 = start
     result = minimize(
         objective,
-        np.log([1.0, 2.0, mean]),
+        np.log([p0, q0, mean * (q0 - 1) / p0]),
         jac=True,
         method="L-BFGS-B",
         bounds=[(-20, 20)] * 3,
         options={"maxiter": 1000, "ftol": 1e-14, "gtol": 1e-9},
     )
     p, q, g = (float(v) for v in np.exp(result.x))
+    ll = -float(result.fun) * n
+    if log_prior is not None:  # report the data's log-likelihood, not the posterior's
+        ll -= log_prior(result.x)[0]
     return Fit(
         params=GammaGammaParams(p, q, g),
-        log_likelihood=-float(result.fun) * n,
+        log_likelihood=ll,
         converged=bool(result.success and np.isfinite(result.fun)),
         seconds=time.perf_counter() - started,
     )
