@@ -1,5 +1,5 @@
 """Model behaviour without I/O: fits recover known parameters, scores move the way a
-marketer expects, the heuristic is used (and says so) below the data minimum."""
+marketer expects (the small-data model: test_scoring_small_data.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy.optimize import check_grad
 
 from clm_scoring.domain import bgnbd, gammagamma
 from clm_scoring.domain.arrays import Frequencies, Spends, by_distinct_x
-from clm_scoring.domain.fitting import choose
+from clm_scoring.domain.fitting import Estimator, choose
 from clm_scoring.domain.scores import (
     Model,
     ModelKind,
@@ -93,35 +93,17 @@ def test_clv_is_discounted_spend_times_expected_purchases() -> None:
     assert plain.churn_probability[0] == pytest.approx(1 - plain.p_alive[0])
 
 
-def test_below_the_minimum_a_heuristic_is_served_and_explained() -> None:
-    f = synthetic(300)
-    report = choose(
-        f, None, kind=ModelKind.bgnbd, unit=TimeUnit.week, min_repeat_customers=500, default_gap=13
-    )
-    assert report.model.kind is ModelKind.heuristic and report.model.purchase is None
-    assert (
-        f"{int(f.repeat_customers)} repeat-buying customers, fewer than the 500"
-        in (report.notes[0])
-    )
-    s = score(
-        report.model,
-        Policy(),
-        x=[2, 2],
-        t_x=[10.0, 10.0],
-        T=[12.0, 40.0],
-        mean_repeat_spend=[30.0, 30.0],
-        mean_spend=[30.0, 30.0],
-    )
-    assert s.p_alive[0] == 1.0 and s.p_alive[1] < 0.01  # within the usual gap vs long silent
-    assert s.clv[0] > s.clv[1] > 0
-
-
 def test_enough_repeat_buyers_get_a_fitted_model() -> None:
     f = synthetic(20_000)
     report = choose(
-        f, None, kind=ModelKind.bgnbd, unit=TimeUnit.week, min_repeat_customers=500, default_gap=13
+        f,
+        None,
+        kind=ModelKind.bgnbd,
+        unit=TimeUnit.week,
+        min_repeat_customers=500,
+        typical_gap_days=90,
     )
-    assert report.model.kind is ModelKind.bgnbd
+    assert report.model.kind is ModelKind.bgnbd and report.estimator is Estimator.mle
     assert report.log_likelihood is not None and report.log_likelihood < 0
 
 

@@ -55,8 +55,8 @@ async def customer_score(customer_id: CustomerId, request: Request, _: ReadKey) 
 
 @router.get("/model")
 async def model(request: Request, _: ReadKey) -> dict[str, Any]:
-    """The served model: kind, version, parameters, fit statistics, and why a heuristic
-    is served when it is."""
+    """The served model: kind, estimator (mle, or map for the small-data model), version,
+    parameters, top CLV decile, fit statistics, and notes on what is served and why."""
     return await _jobs(request).describe_model()
 
 

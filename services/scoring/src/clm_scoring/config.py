@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
@@ -7,20 +7,31 @@ from clm_scoring.domain.summary import TimeUnit
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="CLM_SCORING_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CLM_SCORING_", extra="ignore", populate_by_name=True
+    )
 
     port: int = 8003
     group_id: str = "clm-scoring"
 
     time_unit: TimeUnit = Field(TimeUnit.week, description="Unit of t_x, T and the model.")
     model: ModelKind = Field(
-        ModelKind.bgnbd, description="Purchase model: bgnbd or pareto_nbd (heuristic: never fit)."
+        ModelKind.bgnbd, description="Purchase model of full fits: bgnbd or pareto_nbd."
     )
     min_repeat_customers: int = Field(
-        500, ge=1, description="Below this many repeat buyers scores use the heuristic."
+        500,
+        ge=1,
+        description="Below this many repeat buyers the small-data (MAP) model is served.",
     )
-    heuristic_default_gap_days: float = Field(
-        90.0, gt=0, description="Typical gap between purchases when nobody bought twice yet."
+    typical_gap_days: float = Field(
+        90.0,
+        gt=0,
+        description="Typical days between a customer's purchases: the small-data prior's "
+        "centre for the purchase rate.",
+        # The name it had while it only fed the heuristic still works.
+        validation_alias=AliasChoices(
+            "CLM_SCORING_TYPICAL_GAP_DAYS", "CLM_SCORING_HEURISTIC_DEFAULT_GAP_DAYS"
+        ),
     )
     horizon_months: int = Field(12, ge=1, le=120, description="CLV and expected-purchase horizon.")
     monthly_discount_rate: float = Field(0.01, ge=0, le=1, description="CLV discount per month.")
@@ -40,3 +51,10 @@ class Settings(ServiceSettings):
     rescore_page_size: int = Field(
         2_000, ge=1, le=100_000, description="Customers per rescore transaction."
     )
+
+    @field_validator("model")
+    @classmethod
+    def _fitted_kind(cls, value: ModelKind) -> ModelKind:
+        if value is ModelKind.heuristic:
+            raise ValueError("the heuristic is no longer served: choose bgnbd or pareto_nbd")
+        return value

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -16,17 +16,29 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import CloudEvent, new_event
 from clm_events.outbox import add_events
+from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_scoring import metrics, models, repository
 from clm_scoring.config import Settings
+from clm_scoring.domain.arrays import Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport, choose
-from clm_scoring.domain.scores import Model, Policy, Published, PublishRule, material
+from clm_scoring.domain.scores import (
+    Model,
+    ModelKind,
+    Policy,
+    Published,
+    PublishRule,
+    material,
+    top_decile,
+)
 from clm_scoring.domain.scores import score as compute_scores
 from clm_scoring.domain.summary import summarize
+from clm_scoring.served import model_of, served_model
 
 log = logging.getLogger(__name__)
 
 SOURCE = "clm/scoring"
+MODEL_SUBJECT = "score-model"
 
 
 def today() -> date:
@@ -51,22 +63,40 @@ class Scorer:
             s.publish_min_churn_change, s.publish_min_clv_change, s.publish_min_clv_change_abs
         )
 
-    def fallback(self) -> Model:
-        """Before any fit exists: the heuristic with the configured default gap."""
-        unit = self.settings.time_unit
-        report = choose(
-            None,
-            None,
-            kind=self.settings.model,
-            unit=unit,
-            min_repeat_customers=self.settings.min_repeat_customers,
-            default_gap=self.settings.heuristic_default_gap_days / unit.days,
+    def fit(self, freq: Frequencies | None, spends: Spends | None) -> FitReport:
+        """The model to serve for this data (None, None: before any purchase)."""
+        s = self.settings
+        return choose(
+            freq,
+            spends,
+            kind=s.model,
+            unit=s.time_unit,
+            min_repeat_customers=s.min_repeat_customers,
+            typical_gap_days=s.typical_gap_days,
         )
-        return report.model
+
+    def served(self, row: Mapping[str, Any]) -> ServedModel:
+        return served_model(row, self.policy)
 
     async def served_model(self, session: AsyncSession) -> Model:
-        current = await repository.current_model(session)
-        return current.model if current else self.fallback()
+        """The latest version; before any, the small-data model's prior mode."""
+        row = await repository.current_model(session)
+        return model_of(self.served(row)) if row else self.fit(None, None).model
+
+    def top_decile(self, model: Model, base: repository.Base) -> float | None:
+        """The CLV at the 90th percentile of the base, scored under `model`."""
+        if base.x.size == 0:
+            return None
+        s = compute_scores(
+            model,
+            self.policy,
+            x=base.x,
+            t_x=base.t_x,
+            T=base.T,
+            mean_repeat_spend=base.mean_repeat_spend,
+            mean_spend=base.mean_spend,
+        )
+        return top_decile(s.clv)
 
     async def score(
         self,
@@ -156,6 +186,19 @@ class Scorer:
         return len(events)
 
 
+def event(served: ServedModel) -> CloudEvent:
+    """The served-model event, one per announced version (its id, so a relay publishing
+    it twice is deduplicated downstream)."""
+    return new_event(
+        "lifecycle.score_model_served",
+        id=f"{MODEL_SUBJECT}:{served.version}",
+        source=SOURCE,
+        subject=MODEL_SUBJECT,
+        time=served.fitted_at,
+        data=served.to_json(),
+    )
+
+
 @dataclass
 class Jobs:
     """The scheduled and on-demand work: refit and rescore everyone."""
@@ -170,68 +213,94 @@ class Jobs:
     async def refit(
         self, *, trigger: str, wait: bool = True, as_of: date | None = None
     ) -> dict[str, Any] | None:
-        """Fit on every customer's summary and store a new model version. If another refit
-        runs, wait for it and fit again (`wait`), or return None. The fit itself runs in
-        a worker thread."""
+        """Fit on every customer's summary, store a new model version and, unless it scores
+        everyone as the last published one does, queue its lifecycle.score_model_served in
+        the same transaction. If another refit runs, wait for it and fit again (`wait`),
+        or return None. The fit and the scoring for the top decile run in a worker thread."""
         as_of = as_of or today()
-        s = self.settings
-        unit = s.time_unit
+        scorer = self.scorer
         async with self.sessions() as session, session.begin():
             if not await repository.refit_lock(session, wait=wait):
                 return None
+            unit = self.settings.time_unit
             freq, spends, first = await repository.fitting_data(session, as_of, unit)
-            report: FitReport = await asyncio.to_thread(
-                choose,
-                freq,
-                spends,
-                kind=s.model,
-                unit=unit,
-                min_repeat_customers=s.min_repeat_customers,
-                default_gap=s.heuristic_default_gap_days / unit.days,
+            base = await repository.base(session, as_of, unit)
+            report = await asyncio.to_thread(scorer.fit, freq, spends)
+            decile = await asyncio.to_thread(scorer.top_decile, report.model, base)
+            row = await repository.save_model(
+                session,
+                report,
+                window_start=first,
+                window_end=as_of,
+                trigger=trigger,
+                clv_top_decile=decile,
+                policy=scorer.policy,
             )
-            version = await repository.save_model(
-                session, report, window_start=first, window_end=as_of, trigger=trigger
-            )
+            served = scorer.served(row)
+            last = await repository.last_published_model(session)
+            published = not served.same_parameters(scorer.served(last) if last else None)
+            if published:
+                await add_events(session, models.outbox, scorer.topics.models, [event(served)])
+                await repository.mark_published(session, served.version)
         metrics.FIT_SECONDS.observe(report.seconds)
         log.info(
             "model fitted",
             extra={
-                "version": version,
-                "model": report.model.kind.value,
+                "version": served.version,
+                "model": served.model,
+                "estimator": served.estimator,
                 "customers": report.customers,
                 "seconds": round(report.seconds, 3),
+                "published": published,
             },
         )
         return await self.describe_model()
 
     async def describe_model(self) -> dict[str, Any]:
+        """What is served and why: GET /v1/model."""
         async with self.sessions() as session:
-            current = await repository.current_model(session)
-        if current is None:
-            model = self.scorer.fallback()
+            row = await repository.current_model(session)
+        if row is None:
+            report = self.scorer.fit(None, None)
+            model = report.model
             return {
                 "model": model.kind.value,
+                "estimator": report.estimator.value,
                 "version": None,
                 "time_unit": model.time_unit.value,
-                "notes": ["no model fitted yet: scores use the heuristic"],
-                **self._policy(),
+                "purchase_params": model.purchase.as_dict() if model.purchase else None,
+                "spend_model": None,
+                "spend_params": None,
+                "typical_gap": model.heuristic.typical_gap,
+                "clv_top_decile": None,
+                "notes": ["no model version stored yet", *report.notes],
+                **self._policy(self.scorer.policy),
             }
-        row, model = current.row, current.model
+        served = self.scorer.served(row)
+        fitted_at: datetime = row["fitted_at"]
         metrics.served(
-            model.kind.value,
-            model.version,
-            {**(row["purchase_params"] or {}), **(row["spend_params"] or {})},
+            served.model,
+            served.version,
+            {**(served.purchase_params or {}), **(served.spend_params or {})},
             row["log_likelihood"],
         )
-        metrics.model_fitted_at(current.fitted_at.timestamp())
+        metrics.model_fitted_at(fitted_at.timestamp())
+        notes = list(row["notes"])
+        if served.model == ModelKind.heuristic.value:
+            notes.append(
+                "this heuristic version was stored by an earlier release; the next refit "
+                "replaces it by the small-data or the full model"
+            )
         return {
-            "model": model.kind.value,
-            "version": model.version,
-            "time_unit": model.time_unit.value,
-            "purchase_params": row["purchase_params"],
-            "spend_model": "gamma_gamma" if row["spend_params"] else None,
-            "spend_params": row["spend_params"],
-            "typical_gap": row["typical_gap"],
+            "model": served.model,
+            "estimator": served.estimator,
+            "version": served.version,
+            "time_unit": served.time_unit,
+            "purchase_params": served.purchase_params,
+            "spend_model": "gamma_gamma" if served.spend_params else None,
+            "spend_params": served.spend_params,
+            "typical_gap": served.typical_gap,
+            "clv_top_decile": served.clv_top_decile,
             "fit": {
                 "customers": row["customers"],
                 "repeat_customers": row["repeat_customers"],
@@ -240,20 +309,20 @@ class Jobs:
                 "window_start": row["window_start"],
                 "window_end": row["window_end"],
                 "duration_seconds": row["duration_seconds"],
-                "fitted_at": row["fitted_at"],
-                "age_seconds": (datetime.now(UTC) - current.fitted_at).total_seconds(),
+                "fitted_at": fitted_at,
+                "age_seconds": (datetime.now(UTC) - fitted_at).total_seconds(),
                 "trigger": row["trigger"],
             },
-            "notes": row["notes"],
-            **self._policy(),
+            "published_at": row["published_at"],
+            "notes": notes,
+            **self._policy(Policy(served.horizon_months, served.monthly_discount_rate)),
         }
 
-    def _policy(self) -> dict[str, Any]:
-        s = self.settings
+    def _policy(self, policy: Policy) -> dict[str, Any]:
         return {
-            "horizon_months": s.horizon_months,
-            "monthly_discount_rate": s.monthly_discount_rate,
-            "minimum_repeat_customers": s.min_repeat_customers,
+            "horizon_months": policy.horizon_months,
+            "monthly_discount_rate": policy.monthly_discount_rate,
+            "minimum_repeat_customers": self.settings.min_repeat_customers,
         }
 
     async def rescore_all(self, *, as_of: date | None = None) -> tuple[int, int]:

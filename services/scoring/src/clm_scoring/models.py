@@ -75,4 +75,11 @@ model_versions = sa.Table(
     sa.Column(
         "fitted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    # Null in versions stored before migration 0003.
+    sa.Column("estimator", sa.Text),  # mle or map
+    sa.Column("clv_top_decile", sa.Float),  # null: nobody had a score
+    sa.Column("horizon_months", sa.Integer),
+    sa.Column("monthly_discount_rate", sa.Float),
+    # When its lifecycle.score_model_served was queued; null: not published.
+    sa.Column("published_at", sa.DateTime(timezone=True)),
 )

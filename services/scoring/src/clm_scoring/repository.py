@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -14,12 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_scoring.domain.arrays import Frequencies, Spends
-from clm_scoring.domain.bgnbd import BgNbdParams
+from clm_scoring.domain.arrays import Floats, Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport
-from clm_scoring.domain.gammagamma import GammaGammaParams
-from clm_scoring.domain.paretonbd import ParetoNbdParams
-from clm_scoring.domain.scores import Heuristic, Model, ModelKind
+from clm_scoring.domain.scores import Policy
 from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
 from clm_scoring.models import customers, model_versions, orders, scores
 
@@ -206,11 +203,13 @@ async def fitting_data(
 ) -> tuple[Frequencies | None, Spends | None, date | None]:
     """Every customer's (x, t_x, T) as distinct rows with counts (the database does the
     compression), repeat buyers' mean spends, and the first purchase date."""
-    x = customers.c.purchase_days - 1
-    span = customers.c.last_purchase_on - customers.c.first_purchase_on
-    age = sa.func.greatest(sa.literal(as_of) - customers.c.first_purchase_on, span)
+    x, span, age = _summary_columns(as_of)
+    # Ordered, so that a refit on the same data sums in the same order and gives the very
+    # same parameters (an identical model is not announced again).
     freq = (
-        await session.execute(sa.select(x, span, age, sa.func.count()).group_by(x, span, age))
+        await session.execute(
+            sa.select(x, span, age, sa.func.count()).group_by(x, span, age).order_by(x, span, age)
+        )
     ).all()
     if not freq:
         return None, None, None
@@ -218,9 +217,9 @@ async def fitting_data(
     frequencies = Frequencies.of(a[:, 0], a[:, 1] / unit.days, a[:, 2] / unit.days, a[:, 3])
     spend_rows = (
         await session.execute(
-            sa.select(x, customers.c.repeat_spend / x).where(
-                customers.c.purchase_days > 1, customers.c.repeat_spend > 0
-            )
+            sa.select(x, customers.c.repeat_spend / x)
+            .where(customers.c.purchase_days > 1, customers.c.repeat_spend > 0)
+            .order_by(customers.c.customer_id)
         )
     ).all()
     spends = None
@@ -229,6 +228,40 @@ async def fitting_data(
         spends = Spends.of(s[:, 0], s[:, 1])
     first = await session.scalar(sa.select(sa.func.min(customers.c.first_purchase_on)))
     return frequencies, spends, first
+
+
+def _summary_columns(as_of: date) -> tuple[Any, Any, Any]:
+    """x, t_x and T in days, as `summary.summarize` computes them."""
+    x = customers.c.purchase_days - 1
+    span = customers.c.last_purchase_on - customers.c.first_purchase_on
+    age = sa.func.greatest(sa.literal(as_of) - customers.c.first_purchase_on, span)
+    return x, span, age
+
+
+@dataclass(frozen=True)
+class Base:
+    """Every customer's summary (x, t_x, T in the unit; spends) as column arrays."""
+
+    x: Floats
+    t_x: Floats
+    T: Floats
+    mean_repeat_spend: Floats
+    mean_spend: Floats
+
+
+async def base(session: AsyncSession, as_of: date, unit: TimeUnit) -> Base:
+    """Every customer with a purchase history, as the scheduled rescore scores them."""
+    x, span, age = _summary_columns(as_of)
+    c = customers.c
+    mean_repeat = sa.case((x > 0, c.repeat_spend / x), else_=0)
+    mean = (c.first_spend + c.repeat_spend) / c.purchase_days
+    rows = (
+        await session.execute(
+            sa.select(x, span, age, sa.cast(mean_repeat, sa.Float), sa.cast(mean, sa.Float))
+        )
+    ).all()
+    a = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return Base(a[:, 0], a[:, 1] / unit.days, a[:, 2] / unit.days, a[:, 3], a[:, 4])
 
 
 async def refit_lock(session: AsyncSession, *, wait: bool) -> bool:
@@ -247,66 +280,62 @@ async def save_model(
     window_start: date | None,
     window_end: date,
     trigger: str,
-) -> int:
+    clv_top_decile: float | None,
+    policy: Policy,
+) -> Mapping[str, Any]:
+    """Store a new model version; return its row."""
     m = report.model
-    version = await session.scalar(
-        model_versions.insert()
-        .values(
-            model=m.kind.value,
-            time_unit=m.time_unit.value,
-            purchase_params=m.purchase.as_dict() if m.purchase else None,
-            spend_params=m.spend.as_dict() if m.spend else None,
-            typical_gap=m.heuristic.typical_gap,
-            customers=report.customers,
-            repeat_customers=report.repeat_customers,
-            log_likelihood=report.log_likelihood,
-            spend_log_likelihood=report.spend_log_likelihood,
-            window_start=window_start,
-            window_end=window_end,
-            duration_seconds=report.seconds,
-            notes=report.notes,
-            trigger=trigger,
-        )
-        .returning(model_versions.c.version)
-    )
-    return int(version or 0)
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    model: Model
-    row: Mapping[str, Any]
-
-    @property
-    def fitted_at(self) -> datetime:
-        value: datetime = self.row["fitted_at"]
-        return value
-
-
-async def current_model(session: AsyncSession) -> ModelVersion | None:
     row = (
-        (
-            await session.execute(
-                sa.select(model_versions).order_by(model_versions.c.version.desc()).limit(1)
+        await session.execute(
+            model_versions.insert()
+            .values(
+                model=m.kind.value,
+                estimator=report.estimator.value,
+                time_unit=m.time_unit.value,
+                purchase_params=m.purchase.as_dict() if m.purchase else None,
+                spend_params=m.spend.as_dict() if m.spend else None,
+                typical_gap=m.heuristic.typical_gap,
+                customers=report.customers,
+                repeat_customers=report.repeat_customers,
+                log_likelihood=report.log_likelihood,
+                spend_log_likelihood=report.spend_log_likelihood,
+                window_start=window_start,
+                window_end=window_end,
+                duration_seconds=report.seconds,
+                notes=report.notes,
+                trigger=trigger,
+                clv_top_decile=clv_top_decile,
+                horizon_months=policy.horizon_months,
+                monthly_discount_rate=policy.monthly_discount_rate,
             )
+            .returning(*model_versions.c)
         )
-        .mappings()
-        .first()
+    ).mappings()
+    return dict(row.one())
+
+
+async def current_model(session: AsyncSession) -> Mapping[str, Any] | None:
+    """The latest model version: the one served."""
+    query = sa.select(model_versions).order_by(model_versions.c.version.desc()).limit(1)
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def last_published_model(session: AsyncSession) -> Mapping[str, Any] | None:
+    """The latest model version whose lifecycle.score_model_served was queued."""
+    query = (
+        sa.select(model_versions)
+        .where(model_versions.c.published_at.is_not(None))
+        .order_by(model_versions.c.version.desc())
+        .limit(1)
     )
-    if row is None:
-        return None
-    kind = ModelKind(row["model"])
-    purchase: BgNbdParams | ParetoNbdParams | None = None
-    if row["purchase_params"] is not None:
-        cls = BgNbdParams if kind is ModelKind.bgnbd else ParetoNbdParams
-        purchase = cls(**row["purchase_params"])
-    spend = GammaGammaParams(**row["spend_params"]) if row["spend_params"] else None
-    model = Model(
-        kind,
-        TimeUnit(row["time_unit"]),
-        purchase=purchase,
-        spend=spend,
-        heuristic=Heuristic(row["typical_gap"]),
-        version=int(row["version"]),
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def mark_published(session: AsyncSession, version: int) -> None:
+    await session.execute(
+        model_versions.update()
+        .where(model_versions.c.version == version)
+        .values(published_at=sa.func.now())
     )
-    return ModelVersion(model, dict(row))

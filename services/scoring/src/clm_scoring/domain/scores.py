@@ -22,13 +22,15 @@ from clm_scoring.domain.summary import TimeUnit
 class ModelKind(StrEnum):
     bgnbd = "bgnbd"
     pareto_nbd = "pareto_nbd"
+    # Served before the small-data model existed: a stored version of this kind still
+    # scores as it did until the next refit replaces it.
     heuristic = "heuristic"
 
 
 @dataclass(frozen=True)
 class Heuristic:
-    """What the heuristic needs: the population's typical gap between purchases (in the
-    unit), used for customers who have not bought twice yet."""
+    """The population's typical gap between purchases (in the unit): served with every
+    model, and what a stored heuristic version scores one-time buyers with."""
 
     typical_gap: float
 
@@ -77,7 +79,7 @@ def score(
     # Cumulative expected purchases at the end of each month of the horizon.
     months = np.arange(1, policy.horizon_months + 1, dtype=np.float64)
     ends = months * model.time_unit.per_month
-    alive, cumulative = _purchases(model, ends, xa, ta, Ta)
+    alive, cumulative = purchases(model, ends, xa, ta, Ta)
     if model.spend is not None and model.kind is not ModelKind.heuristic:
         spend = gammagamma.conditional_expected_spend(model.spend, xa, zr)
     else:
@@ -95,20 +97,21 @@ def score(
     )
 
 
-def _purchases(
-    model: Model, ends: Floats, x: Floats, t_x: Floats, T: Floats
+def purchases(
+    model: Model, ends: ArrayLike, x: Floats, t_x: Floats, T: Floats
 ) -> tuple[Floats, Floats]:
     """P(alive) and cumulative expected purchases at each end, per customer.
 
     Summaries are whole days, so many customers share (x, t_x, T): the model (twelve
     hypergeometric evaluations per row for a CLV) runs once per distinct row.
     """
+    e = np.atleast_1d(np.asarray(ends, dtype=np.float64))
     distinct = _distinct_rows(model.time_unit, x, t_x, T)
     if distinct is not None:
         inverse, rows = distinct
-        alive, cumulative = _purchases_of_rows(model, ends, rows[0], rows[1], rows[2])
+        alive, cumulative = _purchases_of_rows(model, e, rows[0], rows[1], rows[2])
         return alive[inverse], cumulative[:, inverse]
-    return _purchases_of_rows(model, ends, x, t_x, T)
+    return _purchases_of_rows(model, e, x, t_x, T)
 
 
 def _distinct_rows(
@@ -147,7 +150,8 @@ def _purchases_of_rows(
 
 
 def _heuristic(h: Heuristic, x: Floats, t_x: Floats, T: Floats) -> tuple[Floats, Floats]:
-    """P(alive) and purchase rate when there is too little data for a model.
+    """P(alive) and purchase rate under a stored heuristic version (what was served with
+    too little data before the small-data model).
 
     A customer's usual gap is their mean time between purchases (the population's typical
     gap before their second purchase). Within that gap they count as alive; past it,
@@ -160,12 +164,13 @@ def _heuristic(h: Heuristic, x: Floats, t_x: Floats, T: Floats) -> tuple[Floats,
     return np.asarray(alive, dtype=np.float64), np.asarray(1.0 / gap, dtype=np.float64)
 
 
-HEURISTIC_EXPLANATION = (
-    "Heuristic scores: a customer's usual gap is their mean time between purchases "
-    "(the population's median gap before a second purchase). P(alive) is 1 within that gap "
-    "and falls by a factor e for every further gap of silence; while alive the customer buys "
-    "once per gap at their mean spend; CLV discounts those purchases monthly."
-)
+def top_decile(clv: ArrayLike) -> float | None:
+    """The CLV at the base's 90th percentile (to the cent), the threshold of its top CLV
+    decile; None when nobody has a score."""
+    values = np.asarray(clv, dtype=np.float64)
+    if values.size == 0:
+        return None
+    return round(float(np.percentile(values, 90)), 2)
 
 
 @dataclass(frozen=True)
