@@ -87,7 +87,7 @@ async def test_a_refit_announces_its_model_once_and_an_identical_one_not_again(
     assert last["fitted_at"] == datetime.fromisoformat(refit["fit"]["fitted_at"])
 
 
-async def test_a_stored_heuristic_version_is_described_and_a_refit_replaces_it(
+async def test_the_model_is_described_before_any_fit_and_a_stored_heuristic_until_a_refit(
     database_url: str, bootstrap_servers: str
 ) -> None:
     async with fresh_database(database_url) as url:
@@ -97,6 +97,7 @@ async def test_a_stored_heuristic_version_is_described_and_a_refit_replaces_it(
         await ensure_topics(bootstrap_servers, topics.all())
         jobs = Jobs(Scorer(Settings(common=ClmSettings(database_url=url)), topics), sessions)
         try:
+            none = await jobs.describe_model()
             async with sessions() as session, session.begin():
                 # As the release before the small-data model stored it.
                 await session.execute(
@@ -121,6 +122,11 @@ async def test_a_stored_heuristic_version_is_described_and_a_refit_replaces_it(
                 queued = (await session.execute(sa.select(outbox.topic, outbox.event_id))).all()
         finally:
             await engine.dispose()
+    # Before any version: the priors' mode, said so.
+    assert (none["model"], none["estimator"], none["version"]) == ("bgnbd", "map", None)
+    assert none["purchase_params"] == {"r": 1.0, "alpha": 90 / 7, "a": 0.5, "b": 1.5}
+    assert none["notes"][0] == "no model version stored yet"
+    assert "no purchases yet" in none["notes"][1]
     assert (old["model"], old["estimator"], old["version"]) == ("heuristic", None, 1)
     assert old["clv_top_decile"] is None and old["published_at"] is None
     assert "earlier release" in old["notes"][-1]

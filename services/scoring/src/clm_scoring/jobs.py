@@ -273,6 +273,8 @@ class Jobs:
                 "spend_params": None,
                 "typical_gap": model.heuristic.typical_gap,
                 "clv_top_decile": None,
+                "fit": None,
+                "published_at": None,
                 "notes": ["no model version stored yet", *report.notes],
                 **self._policy(self.scorer.policy),
             }

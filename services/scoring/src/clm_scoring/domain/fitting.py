@@ -93,7 +93,7 @@ def choose(
         )
     notes[0] += (
         ": serving the small-data model, BG/NBD and Gamma-Gamma fitted by maximum a "
-        f"posteriori with weakly informative priors, which the data outweigh as they grow; "
+        "posteriori with weakly informative priors, which the data outweigh as they grow; "
         f"{described}"
     )
     bf = prior.fit_purchases(f, priors.purchase)
@@ -105,7 +105,10 @@ def choose(
     spend: gammagamma.GammaGammaParams | None = None
     spend_ll: float | None = None
     if spends is None:
-        notes.append("nobody bought twice: expected spend is each customer's own mean spend")
+        notes.append(
+            "no repeat purchase with a spend to fit: expected spend is each customer's own "
+            "mean spend"
+        )
     else:
         sf = prior.fit_spend(spends, priors.spend)
         if sf.converged and sf.params.q > 1 and _usable(sf.params.as_dict()):
@@ -154,7 +157,7 @@ def _full_fit(
     spend_ll: float | None = None
     if spends is not None:
         sf = gammagamma.fit(spends)
-        if sf.converged and sf.params.q > 1:
+        if sf.converged and sf.params.q > 1 and _usable(sf.params.as_dict()):
             spend, spend_ll = sf.params, sf.log_likelihood
         else:
             notes.append(NO_SPEND_MODEL)
