@@ -13,6 +13,7 @@ from clm_events.catalog import (
     PurchaseCompleted,
     Stage,
     domain_of,
+    topic_domain,
 )
 
 V1_TYPES = {
@@ -28,6 +29,9 @@ V1_TYPES = {
     "web.signed_up",
     "web.identified",
     "web.page_viewed",
+    "web.screen_viewed",
+    "web.tracked",
+    "identity.linked",
 }
 DERIVED = {
     "lifecycle.stage_changed",
@@ -63,8 +67,21 @@ def test_stages_match_design() -> None:
 def test_domain_of_is_the_type_prefix(event_type: str, domain: str) -> None:
     assert domain_of(event_type) == domain
     assert set(DOMAIN_OF_TYPE.values()) == {
-        "purchase", "billing", "support", "web", "lifecycle", "campaign",
+        "purchase", "billing", "support", "web", "identity", "lifecycle", "campaign",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("event_type", "topic"),
+    [
+        ("purchase.completed", "purchase"),
+        ("web.tracked", "web"),
+        ("web.screen_viewed", "web"),
+        ("identity.linked", "web"),  # a link travels with the web activity it joins
+    ],
+)
+def test_topic_domain_routes_identity_links_with_web_events(event_type: str, topic: str) -> None:
+    assert topic_domain(event_type) == topic
 
 
 def test_domain_of_unknown_type_raises() -> None:

@@ -44,6 +44,9 @@ MINIMAL_DATA: dict[str, dict[str, Any]] = {
     "web.signed_up": {},
     "web.identified": {},
     "web.page_viewed": {"url": "https://shop.example/p/1"},
+    "web.screen_viewed": {},
+    "web.tracked": {"name": "Product Viewed"},
+    "identity.linked": {"anonymous_id": "anon-1"},
     "lifecycle.stage_changed": {
         "to_stage": "onboarding",
         "at": "2026-11-20T10:15:00Z",
@@ -172,6 +175,15 @@ def test_missing_required_field_is_reported_at_its_path() -> None:
          "Input should be 'low', 'normal', 'high' or 'urgent'"),
         ("web.identified", {"traits": ["a"]}, "data.traits", "Input should be an object"),
         ("web.page_viewed", [], "data", "Input should be an object"),
+        ("web.tracked", {}, "data.name", "field required"),
+        ("web.tracked", {"name": ""}, "data.name", "at least 1 character"),
+        ("web.tracked", {"name": "x" * 201}, "data.name", "at most 200 characters"),
+        ("web.tracked", {"name": "A", "properties": [1]}, "data.properties",
+         "Input should be an object"),
+        ("web.screen_viewed", {"properties": "home"}, "data.properties",
+         "Input should be an object"),
+        ("identity.linked", {}, "data.anonymous_id", "field required"),
+        ("identity.linked", {"anonymous_id": ""}, "data.anonymous_id", "at least 1 character"),
     ],
 )  # fmt: skip
 def test_wrong_kind_is_reported_with_path_and_reason(
@@ -180,6 +192,34 @@ def test_wrong_kind_is_reported_with_path_and_reason(
     [error] = errors_of(envelope(event_type, data=data))
     assert error.path == path
     assert reason in error.reason
+
+
+def test_a_tracked_event_keeps_its_name_and_properties_and_defaults_them_to_empty() -> None:
+    props = {"category": "shoes", "price": 59.9, "tags": ["new"]}
+    data = {"name": "Product Viewed", "properties": props}
+    event = parse_event(envelope("web.tracked", data=data))
+    assert (event.data.name, event.data.properties) == ("Product Viewed", props)
+    screen = parse_event(envelope("web.screen_viewed", data={"name": "Home"}))
+    assert screen.data.properties == {}
+    assert json.loads(encode_structured(screen))["data"] == {"name": "Home", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data", "path"),
+    [
+        ("web.tracked", {"name": "Ni\x00ne"}, "data.name"),
+        ("web.tracked", {"name": "A", "properties": {"k": "\ud800"}}, "data.properties.k"),
+        ("web.screen_viewed", {"properties": {"Ni\x00ne": 1}}, "data.properties.Ni\\u0000ne"),
+        ("identity.linked", {"anonymous_id": "anon-\x00"}, "data.anonymous_id"),
+    ],
+)
+def test_the_new_types_refuse_text_no_service_can_store(
+    event_type: str, data: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(EventValidationError) as info:
+        parse_event(envelope(event_type, data=data))
+    assert info.value.kind == "unstorable_text"
+    assert [e.path for e in info.value.errors] == [path]
 
 
 def test_item_quantity_error_points_into_the_list() -> None:

@@ -33,6 +33,9 @@ class EventType(StrEnum):
     WEB_SIGNED_UP = "web.signed_up"
     WEB_IDENTIFIED = "web.identified"
     WEB_PAGE_VIEWED = "web.page_viewed"
+    WEB_SCREEN_VIEWED = "web.screen_viewed"
+    WEB_TRACKED = "web.tracked"
+    IDENTITY_LINKED = "identity.linked"
     # Derived: published by CLM itself, never accepted from producers.
     LIFECYCLE_STAGE_CHANGED = "lifecycle.stage_changed"
     LIFECYCLE_TRANSITION_RETRACTED = "lifecycle.transition_retracted"
@@ -69,6 +72,13 @@ DOMAIN_OF_TYPE: Mapping[EventType, str] = {t: t.value.partition(".")[0] for t in
 def domain_of(event_type: EventType | str) -> str:
     """Domain prefix of a type ("purchase", "billing", ...); ValueError if the type is unknown."""
     return DOMAIN_OF_TYPE[EventType(event_type)]
+
+
+def topic_domain(event_type: EventType | str) -> str:
+    """The domain topic a producer type travels on: its own domain, except identity links,
+    which go with the web activity they join (`clm.events.web`); ValueError if unknown."""
+    domain = domain_of(event_type)
+    return "web" if domain == "identity" else domain
 
 
 # --- field types shared by the data models --------------------------------------------
@@ -221,6 +231,33 @@ class WebPageViewed(EventData):
     anonymous_id: Id | None = None
 
 
+class WebScreenViewed(EventData):
+    """A screen of a mobile app (Segment `screen`)."""
+
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    anonymous_id: Id | None = None
+
+
+class WebTracked(EventData):
+    """A named action without a CLM meaning of its own ("Product Viewed"): rules and
+    triggers count it and read its properties."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    properties: dict[str, Any] = Field(default_factory=dict)
+    anonymous_id: Id | None = None
+
+
+# --- identity -------------------------------------------------------------------------
+
+
+class IdentityLinked(EventData):
+    """From now on `anonymous_id` is the event's subject (the known customer): what was
+    kept under the anonymous id belongs to the customer."""
+
+    anonymous_id: Id
+
+
 # --- derived (published by CLM) -------------------------------------------------------
 
 
@@ -298,6 +335,9 @@ DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.WEB_SIGNED_UP: WebSignedUp,
     EventType.WEB_IDENTIFIED: WebIdentified,
     EventType.WEB_PAGE_VIEWED: WebPageViewed,
+    EventType.WEB_SCREEN_VIEWED: WebScreenViewed,
+    EventType.WEB_TRACKED: WebTracked,
+    EventType.IDENTITY_LINKED: IdentityLinked,
     EventType.LIFECYCLE_STAGE_CHANGED: LifecycleStageChanged,
     EventType.LIFECYCLE_TRANSITION_RETRACTED: LifecycleTransitionRetracted,
     EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,

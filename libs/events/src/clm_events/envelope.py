@@ -32,6 +32,7 @@ from clm_events.catalog import (
     CampaignActionFired,
     EventData,
     EventType,
+    IdentityLinked,
     LifecycleScoreModelServed,
     LifecycleScoreUpdated,
     LifecycleStageChanged,
@@ -44,7 +45,9 @@ from clm_events.catalog import (
     UtcDatetime,
     WebIdentified,
     WebPageViewed,
+    WebScreenViewed,
     WebSignedUp,
+    WebTracked,
 )
 from clm_events.storable import UNSTORABLE, is_storable, printable, unstorable
 
@@ -238,6 +241,21 @@ class WebPageViewedEvent(CloudEvent):
     data: WebPageViewed
 
 
+class WebScreenViewedEvent(CloudEvent):
+    type: Literal["web.screen_viewed"]
+    data: WebScreenViewed
+
+
+class WebTrackedEvent(CloudEvent):
+    type: Literal["web.tracked"]
+    data: WebTracked
+
+
+class IdentityLinkedEvent(CloudEvent):
+    type: Literal["identity.linked"]
+    data: IdentityLinked
+
+
 class LifecycleStageChangedEvent(CloudEvent):
     type: Literal["lifecycle.stage_changed"]
     data: LifecycleStageChanged
@@ -276,6 +294,9 @@ Event = Annotated[
     | WebSignedUpEvent
     | WebIdentifiedEvent
     | WebPageViewedEvent
+    | WebScreenViewedEvent
+    | WebTrackedEvent
+    | IdentityLinkedEvent
     | LifecycleStageChangedEvent
     | LifecycleTransitionRetractedEvent
     | LifecycleScoreUpdatedEvent
