@@ -416,3 +416,40 @@ def test_a_timer_that_wakes_only_at_due_times_builds_the_daily_history(
     # a customer is woken a few times per change, then once per look-ahead span.
     doublings = look_ahead.bit_length() + 2
     assert woken <= (len(events) + len(daily.history) + 1) * doublings + 900 // look_ahead
+
+
+def test_segment_activity_of_any_name_counts_as_web_activity_and_links_change_no_fact() -> None:
+    from clm_events.envelope import parse_event
+
+    def event(kind: str, data: dict[str, Any]) -> Input:
+        e = parse_event(
+            {
+                "specversion": "1.0",
+                "id": f"e-{kind}",
+                "source": "segment",
+                "type": kind,
+                "subject": "c-1",
+                "time": "2026-01-01T10:00:00Z",
+                "data": data,
+            }
+        )
+        i = from_event(e)
+        assert i is not None, kind
+        return i
+
+    tracked = event("web.tracked", {"name": "Product Viewed", "properties": {"sku": "s1"}})
+    screen = event("web.screen_viewed", {"name": "Home"})
+    link = event("identity.linked", {"anonymous_id": "anon-1"})
+    assert (tracked.data, screen.data, link.data) == (
+        {"name": "Product Viewed"},
+        {},
+        {"anonymous_id": "anon-1"},
+    )
+    tl = Timeline("c-1")
+    advance(tl, MODEL, [link])
+    assert tl.fold().facts(link.at)["last_web_activity_at"] is None
+    advance(tl, MODEL, [tracked, screen])
+    assert tl.stage == "prospect"
+    assert tl.fold().facts(tracked.at)["last_web_activity_at"] == datetime(
+        2026, 1, 1, 10, tzinfo=UTC
+    )

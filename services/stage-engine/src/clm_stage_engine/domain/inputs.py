@@ -109,8 +109,14 @@ def from_event(event: Event) -> Input | None:
             compact = {"traits": _traits(d.get("traits"), d)}
         case "web.identified":
             compact = {"traits": _traits(d.get("traits"))}
-        case "web.page_viewed":
+        case "web.page_viewed" | "web.screen_viewed":
             compact = {}
+        case "web.tracked":
+            compact = {"name": d["name"]}
+        case "identity.linked":
+            # Kept with the known customer's inputs; the anonymous id's own history is
+            # merged in when identity resolution reaches the stage engine.
+            compact = {"anonymous_id": d["anonymous_id"]}
         case _:
             return None
     return Input(to_us(event.time), event.source, event.id, kind, compact)
