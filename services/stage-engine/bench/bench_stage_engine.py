@@ -346,7 +346,10 @@ def history_cost(sizes: tuple[int, ...] = (5, 1_000, 10_000)) -> list[tuple[int,
             for k in range(size)
         ]
         advance(tl, model, history)
-        stored = (engine._row(tl, 1, None, None, None).timeline, from_us(tl.evaluated_until or 0))
+        stored = (
+            engine._row(tl, 1, None, None, None, None).timeline,
+            from_us(tl.evaluated_until or 0),
+        )
         reps = 200
         cpu = time.process_time()
         for r in range(reps):
@@ -354,7 +357,7 @@ def history_cost(sizes: tuple[int, ...] = (5, 1_000, 10_000)) -> list[tuple[int,
             assert not tl.needs_inputs([])  # in order: the stored inputs are not read
             arriving = Input(t0 + (size + r) * step, "shop", f"n{r}", "web.page_viewed", {})
             advance(tl, model, [arriving])
-            engine._row(tl, 1, None, None, None)
+            engine._row(tl, 1, None, None, None, None)
         out.append((size, (time.process_time() - cpu) / reps * 1000))
     return out
 
