@@ -4,10 +4,10 @@ gradients, and maximum-likelihood estimates in the limit of much data."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import check_grad
+from scipy.optimize import OptimizeResult, check_grad
 
 from clm_scoring.domain import bgnbd, gammagamma, prior
-from clm_scoring.domain.arrays import Frequencies, Spends
+from clm_scoring.domain.arrays import Frequencies, Spends, converged
 
 # A world unlike CDNOW's: customers buy about every six weeks, and few lapse.
 WORLD = bgnbd.BgNbdParams(r=0.8, alpha=5.0, a=1.5, b=6.0)
@@ -56,3 +56,13 @@ def test_map_tends_to_the_maximum_likelihood_fit_as_data_grow() -> None:
     near = [distance(n) for n in (500, 5_000, 40_000)]
     assert near[0][0] > near[1][0] > near[2][0] and near[2][0] < 0.02
     assert near[0][1] > near[1][1] > near[2][1] and near[2][1] < 0.001
+
+
+def test_an_abnormal_line_search_at_the_optimum_counts_as_converged() -> None:
+    def result(success: bool, fun: float, jac: list[float]) -> OptimizeResult:
+        return OptimizeResult(success=success, fun=fun, jac=np.array(jac))
+
+    assert converged(result(True, 5.7, [0.1, 0.0]))
+    assert converged(result(False, 5.7, [1e-11, -2e-11]))  # could not improve the last digits
+    assert not converged(result(False, 5.7, [1e-11, 0.3]))
+    assert not converged(result(True, np.inf, [0.0, 0.0]))

@@ -255,13 +255,15 @@ async def base(session: AsyncSession, as_of: date, unit: TimeUnit) -> Base:
     c = customers.c
     mean_repeat = sa.case((x > 0, c.repeat_spend / x), else_=0)
     mean = (c.first_spend + c.repeat_spend) / c.purchase_days
-    rows = (
+    columns = (x, span, age, mean_repeat, mean)
+    # One row of five arrays: a row per customer would cost a Python object each.
+    row = (
         await session.execute(
-            sa.select(x, span, age, sa.cast(mean_repeat, sa.Float), sa.cast(mean, sa.Float))
+            sa.select(*(sa.func.array_agg(sa.cast(v, sa.Float)) for v in columns))
         )
-    ).all()
-    a = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    return Base(a[:, 0], a[:, 1] / unit.days, a[:, 2] / unit.days, a[:, 3], a[:, 4])
+    ).one()
+    a = [np.asarray(v if v is not None else [], dtype=np.float64) for v in row]
+    return Base(a[0], a[1] / unit.days, a[2] / unit.days, a[3], a[4])
 
 
 async def refit_lock(session: AsyncSession, *, wait: bool) -> bool:

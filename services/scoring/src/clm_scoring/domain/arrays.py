@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import OptimizeResult
 
 Floats = NDArray[np.float64]
 # A log-density over log-parameters and its gradient: what a MAP fit adds to a likelihood.
@@ -86,3 +87,12 @@ def by_distinct_x(x: Floats, weight: Floats) -> tuple[Floats, NDArray[np.intp], 
     values, index = np.unique(x, return_inverse=True)
     counts = np.bincount(index, weights=weight, minlength=values.size).astype(np.float64)
     return values, index, counts
+
+
+def converged(result: OptimizeResult) -> bool:
+    """Whether a fit reached its optimum. L-BFGS-B with tight tolerances sometimes ends in
+    an "abnormal" line search at the optimum itself, where the objective (a mean per
+    customer) cannot improve in the last digits: a vanishing gradient counts too."""
+    if not np.isfinite(result.fun):
+        return False
+    return bool(result.success or np.max(np.abs(result.jac)) < 1e-5)

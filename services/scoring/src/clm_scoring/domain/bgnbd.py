@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 
-from clm_scoring.domain.arrays import Floats, Frequencies, LogPrior, by_distinct_x
+from clm_scoring.domain.arrays import Floats, Frequencies, LogPrior, by_distinct_x, converged
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def fit(
     return Fit(
         params=params,
         log_likelihood=ll,
-        converged=bool(result.success and np.isfinite(result.fun)),
+        converged=converged(result),
         iterations=int(result.nit),
         seconds=time.perf_counter() - started,
     )

@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from clm_scoring.domain.arrays import Floats, LogPrior, Spends
+from clm_scoring.domain.arrays import Floats, LogPrior, Spends, converged
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def fit(
     return Fit(
         params=GammaGammaParams(p, q, g),
         log_likelihood=ll,
-        converged=bool(result.success and np.isfinite(result.fun)),
+        converged=converged(result),
         seconds=time.perf_counter() - started,
     )
 
