@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_scoring.domain.arrays import Floats, Frequencies, Spends
@@ -204,30 +204,41 @@ async def fitting_data(
     """Every customer's (x, t_x, T) as distinct rows with counts (the database does the
     compression), repeat buyers' mean spends, and the first purchase date."""
     x, span, age = _summary_columns(as_of)
+    rows = (
+        sa.select(x.label("x"), span.label("span"), age.label("age"), sa.func.count().label("n"))
+        .group_by(x, span, age)
+        .subquery()
+    )
     # Ordered, so that a refit on the same data sums in the same order and gives the very
     # same parameters (an identical model is not announced again).
-    freq = (
-        await session.execute(
-            sa.select(x, span, age, sa.func.count()).group_by(x, span, age).order_by(x, span, age)
-        )
-    ).all()
-    if not freq:
+    order = (rows.c.x, rows.c.span, rows.c.age)
+    f = await _arrays(session, sa.select(*rows.c), order)
+    if f[0].size == 0:
         return None, None, None
-    a = np.array(freq, dtype=np.float64)
-    frequencies = Frequencies.of(a[:, 0], a[:, 1] / unit.days, a[:, 2] / unit.days, a[:, 3])
-    spend_rows = (
-        await session.execute(
-            sa.select(x, customers.c.repeat_spend / x)
-            .where(customers.c.purchase_days > 1, customers.c.repeat_spend > 0)
-            .order_by(customers.c.customer_id)
-        )
-    ).all()
-    spends = None
-    if spend_rows:
-        s = np.array(spend_rows, dtype=np.float64)
-        spends = Spends.of(s[:, 0], s[:, 1])
-    first = await session.scalar(sa.select(sa.func.min(customers.c.first_purchase_on)))
+    frequencies = Frequencies.of(f[0], f[1] / unit.days, f[2] / unit.days, f[3])
+    c = customers.c
+    repeat = sa.select(x, c.repeat_spend / x).where(c.purchase_days > 1, c.repeat_spend > 0)
+    s = await _arrays(session, repeat.add_columns(c.customer_id), (c.customer_id,), drop=1)
+    spends = Spends.of(s[0], s[1]) if s[0].size else None
+    first = await session.scalar(sa.select(sa.func.min(c.first_purchase_on)))
     return frequencies, spends, first
+
+
+async def _arrays(
+    session: AsyncSession, query: sa.Select[Any], order: Sequence[Any] = (), drop: int = 0
+) -> list[Floats]:
+    """The query's columns (but the last `drop`) as float arrays, in `order`: one row of
+    arrays, where a row per customer would cost Python objects by the hundred thousand."""
+    q = query.subquery()
+    columns = list(q.c)[: len(q.c) - drop]
+    keys = [q.c[k.key] for k in order]
+    # Aggregates of one query see its rows in one order, so the arrays line up.
+    values = [sa.cast(v, sa.Float) for v in columns]
+    aggregated = sa.select(
+        *(sa.func.array_agg(aggregate_order_by(v, *keys) if keys else v) for v in values)
+    )
+    row = (await session.execute(aggregated)).one()
+    return [np.asarray(v if v is not None else [], dtype=np.float64) for v in row]
 
 
 def _summary_columns(as_of: date) -> tuple[Any, Any, Any]:
@@ -255,14 +266,7 @@ async def base(session: AsyncSession, as_of: date, unit: TimeUnit) -> Base:
     c = customers.c
     mean_repeat = sa.case((x > 0, c.repeat_spend / x), else_=0)
     mean = (c.first_spend + c.repeat_spend) / c.purchase_days
-    columns = (x, span, age, mean_repeat, mean)
-    # One row of five arrays: a row per customer would cost a Python object each.
-    row = (
-        await session.execute(
-            sa.select(*(sa.func.array_agg(sa.cast(v, sa.Float)) for v in columns))
-        )
-    ).one()
-    a = [np.asarray(v if v is not None else [], dtype=np.float64) for v in row]
+    a = await _arrays(session, sa.select(x, span, age, mean_repeat, mean))
     return Base(a[0], a[1] / unit.days, a[2] / unit.days, a[3], a[4])
 
 
