@@ -1,10 +1,14 @@
 """Scoring benchmark: fit time against lifetimes on CDNOW (with the parameter difference),
-fit and scoring time for 1M synthetic customers drawn from the BG/NBD process, and the
-service path (fit and rescore through PostgreSQL) on a smaller population.
+fit and scoring time for 1M synthetic customers drawn from the BG/NBD process, the
+service path (fit and rescore through PostgreSQL) on a smaller population, and how close
+the small-data model fitted on a 10% sample comes to the full-data fit (CDNOW and a
+synthetic population), with the old heuristic as the baseline; a full run adds that
+comparison over 60 samples of five synthetic shops (how much of one sample's figure is the
+sample).
 
     python services/scoring/bench/bench_scoring.py [--quick]
 
-Starts its own PostgreSQL and broker, prints a table, stops them. lifetimes is a
+Starts its own PostgreSQL and broker, prints two tables, stops them. lifetimes is a
 benchmark-only dependency (the service never imports it).
 """
 
@@ -18,12 +22,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
+from scipy.stats import spearmanr
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from clm_devstack.postgres import EmbeddedPostgres
@@ -35,11 +41,12 @@ from clm_scoring import models
 from clm_scoring.config import Settings
 from clm_scoring.domain import bgnbd, gammagamma
 from clm_scoring.domain.analysis import calibrate
-from clm_scoring.domain.arrays import Frequencies, Spends
-from clm_scoring.domain.scores import Model, ModelKind, Policy, score
-from clm_scoring.domain.summary import TimeUnit
+from clm_scoring.domain.arrays import Floats, Frequencies, Spends
+from clm_scoring.domain.fitting import FitReport, choose, typical_gap
+from clm_scoring.domain.scores import Heuristic, Model, ModelKind, Policy, purchases, score
+from clm_scoring.domain.summary import Order, TimeUnit, history
 from clm_scoring.jobs import Jobs, Scorer
-from clm_scoring.transactions_file import read
+from clm_scoring.transactions_file import Transactions, read
 
 T = TypeVar("T")
 TRUE = bgnbd.BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -55,11 +62,20 @@ def timed(work: Callable[[], T], repeat: int = 1) -> tuple[T, float]:
     return result, best  # type: ignore[return-value]
 
 
-def cdnow(rows: list[tuple[str, str, str]], repeat: int) -> None:
+CDNOW_CALIBRATION_END = date(1997, 9, 30)
+
+
+def cdnow_transactions() -> Transactions:
     spec = importlib.util.find_spec("lifetimes")
     assert spec and spec.submodule_search_locations
-    data = read(Path(next(iter(spec.submodule_search_locations))) / "datasets/CDNOW_sample.txt")
-    cal = calibrate(data, calibration_end=date(1997, 9, 30), holdout_end=None, unit=TimeUnit.week)
+    return read(Path(next(iter(spec.submodule_search_locations))) / "datasets/CDNOW_sample.txt")
+
+
+def cdnow(rows: list[tuple[str, str, str]], repeat: int) -> None:
+    data = cdnow_transactions()
+    cal = calibrate(
+        data, calibration_end=CDNOW_CALIBRATION_END, holdout_end=None, unit=TimeUnit.week
+    )
     import pandas as pd
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
@@ -139,6 +155,205 @@ def synthetic(rows: list[tuple[str, str, str]], n: int) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Population:
+    """Summaries in weeks: repeat purchases, recency, age, mean repeat spend, and mean
+    spend over every purchase (what the heuristic used)."""
+
+    x: Floats
+    t_x: Floats
+    T: Floats
+    mean_repeat_spend: Floats
+    mean_spend: Floats
+
+    def take(self, index: np.ndarray) -> Population:
+        return Population(*(v[index] for v in astuple(self)))
+
+    @property
+    def frequencies(self) -> Frequencies:
+        return Frequencies.of(self.x, self.t_x, self.T)
+
+    @property
+    def spends(self) -> Spends | None:
+        repeat = (self.x > 0) & (self.mean_repeat_spend > 0)
+        return Spends.of(self.x[repeat], self.mean_repeat_spend[repeat]) if repeat.any() else None
+
+
+def cdnow_population() -> Population:
+    data = cdnow_transactions()
+    cal = calibrate(
+        data, calibration_end=CDNOW_CALIBRATION_END, holdout_end=None, unit=TimeUnit.week
+    )
+    mean_spend = []
+    for c in cal.customer_ids:
+        h = history(Order(d, a) for d, a in data[c] if d <= CDNOW_CALIBRATION_END)
+        assert h is not None
+        mean_spend.append(h.mean_spend)
+    return Population(cal.x, cal.t_x, cal.T, cal.mean_repeat_spend, np.array(mean_spend))
+
+
+# A synthetic shop unlike CDNOW: customers buy about every six weeks (r/alpha), a fifth of
+# them lapse after a given purchase, and spend about 150 per purchase.
+SYNTHETIC = bgnbd.BgNbdParams(r=0.8, alpha=5.0, a=1.5, b=6.0)
+SYNTHETIC_SPEND = gammagamma.GammaGammaParams(p=3.0, q=5.0, gamma=200.0)
+# More shops for --spread (weekly parameters, ages in weeks), none of them CDNOW's.
+WORLDS = {
+    "every 6 weeks, few lapse": (SYNTHETIC, SYNTHETIC_SPEND, (4, 52)),
+    "rare, very uneven buyers": (
+        bgnbd.BgNbdParams(0.3, 10.0, 0.5, 3.0),
+        gammagamma.GammaGammaParams(2.0, 3.0, 50.0),
+        (27, 39),
+    ),
+    "regular buyers, quick to lapse": (
+        bgnbd.BgNbdParams(2.0, 20.0, 1.2, 2.0),
+        gammagamma.GammaGammaParams(5.0, 8.0, 20.0),
+        (4, 52),
+    ),
+    "frequent, loyal buyers": (
+        bgnbd.BgNbdParams(0.5, 2.0, 0.3, 5.0),
+        gammagamma.GammaGammaParams(1.5, 4.0, 100.0),
+        (10, 78),
+    ),
+    "slow buyers over two years": (
+        bgnbd.BgNbdParams(1.5, 30.0, 2.5, 10.0),
+        gammagamma.GammaGammaParams(8.0, 3.0, 10.0),
+        (4, 104),
+    ),
+}
+
+
+def synthetic_population(
+    n: int = 2_500,
+    seed: int = 7,
+    params: bgnbd.BgNbdParams = SYNTHETIC,
+    spend: gammagamma.GammaGammaParams = SYNTHETIC_SPEND,
+    ages: tuple[int, int] = (4, 52),
+) -> Population:
+    """The project's generator (bgnbd.simulate) with Gamma-Gamma spends: first purchases
+    spread over `ages` (weeks), whole days, observed in weeks."""
+    rng = np.random.default_rng(seed)
+    days = rng.integers(ages[0] * 7, ages[1] * 7 + 1, size=n)
+    x, t_x, T = bgnbd.simulate(params, days / 7, rng)
+    t_x = np.where(x > 0, np.minimum(np.maximum(np.round(t_x * 7), 1), T * 7), 0) / 7
+    nu = rng.gamma(spend.q, 1 / spend.gamma, size=n)  # each customer's spend rate
+    repeat = x > 0
+    mean_repeat = np.zeros(n)
+    # The mean of x Gamma(p, nu) spends is Gamma(p x, nu x).
+    mean_repeat[repeat] = rng.gamma(spend.p * x[repeat], 1 / (nu[repeat] * x[repeat]))
+    first = rng.gamma(spend.p, 1 / nu)
+    return Population(x, t_x, T, mean_repeat, (first + x * mean_repeat) / (x + 1))
+
+
+HORIZON_WEEKS = 39.0
+TYPICAL_GAP_DAYS = 90.0  # the service's default
+
+
+def clv_39_weeks(model: Model, p: Population) -> Floats:
+    """Expected purchases in the next 39 weeks times expected spend per purchase, as the
+    service scores them but undiscounted (so the figure compares the models alone)."""
+    _, cumulative = purchases(model, [HORIZON_WEEKS], p.x, p.t_x, p.T)
+    spend = score(
+        model,
+        Policy(1, 0.0),
+        x=p.x,
+        t_x=p.t_x,
+        T=p.T,
+        mean_repeat_spend=p.mean_repeat_spend,
+        mean_spend=p.mean_spend,
+    ).expected_spend
+    return np.asarray(cumulative[0] * spend, dtype=np.float64)
+
+
+def fit(p: Population, min_repeat_customers: int) -> FitReport:
+    return choose(
+        p.frequencies,
+        p.spends,
+        kind=ModelKind.bgnbd,
+        unit=TimeUnit.week,
+        min_repeat_customers=min_repeat_customers,
+        typical_gap_days=TYPICAL_GAP_DAYS,
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    sample: Population
+    small: FitReport  # the small-data model on the sample
+    full: FitReport  # the MLE on the whole population
+    figures: dict[str, tuple[float, float]]  # model -> (mean ratio, Spearman) vs full
+
+
+def compare(population: Population, seed: int) -> Comparison:
+    """Fit the small-data model on a 10% sample, the full-data MLE on the whole population,
+    and compare 39-week CLVs for the sample's customers: the small-data model, the old
+    heuristic, and a plain MLE on the sample (what the sample alone can tell)."""
+    n = population.x.size
+    sample = population.take(np.sort(np.random.default_rng(seed).choice(n, n // 10, False)))
+    full, small = fit(population, 1), fit(sample, 500)
+    assert full.estimator.value == "mle" and small.estimator.value == "map"
+    gap = typical_gap(sample.frequencies, TYPICAL_GAP_DAYS / 7)
+    models = {
+        "small-data MAP": small.model,
+        "heuristic (baseline)": Model(ModelKind.heuristic, TimeUnit.week, heuristic=Heuristic(gap)),
+        "MLE on the sample": fit(sample, 1).model,
+    }
+    reference = clv_39_weeks(full.model, sample)
+    figures = {}
+    for what, model in models.items():
+        clv = clv_39_weeks(model, sample)
+        figures[what] = (
+            float(clv.mean() / reference.mean()),
+            float(spearmanr(clv, reference).statistic),
+        )
+    return Comparison(sample, small, full, figures)
+
+
+def meets(ratio: float, rho: float) -> str:
+    return "met" if 0.75 <= ratio <= 1.25 and rho >= 0.8 else "missed"
+
+
+def small_data(rows: list[tuple[str, str, str]], accuracy: list[tuple[str, ...]]) -> None:
+    """The CDNOW and synthetic 10% samples (fixed seeds)."""
+    for name, population in (("CDNOW", cdnow_population()), ("synthetic", synthetic_population())):
+        c = compare(population, seed=1)
+        rows.append(
+            (
+                f"{name} 10% sample: small-data MAP fit (BG/NBD + Gamma-Gamma)",
+                f"{c.small.seconds * 1e3:.1f} ms",
+                f"full-data MLE on all {population.x.size:,}: {c.full.seconds * 1e3:.1f} ms",
+            )
+        )
+        label = f"{name}, 10% sample ({c.sample.x.size:,} customers, "
+        label += f"{c.small.repeat_customers} repeat)"
+        for what in ("small-data MAP", "heuristic (baseline)"):
+            ratio, rho = c.figures[what]
+            accuracy.append((label, what, f"{ratio:.3f}", f"{rho:.3f}", meets(ratio, rho)))
+
+
+def spread(accuracy: list[tuple[str, ...]]) -> None:
+    """The same comparison over five synthetic shops x 3 populations x 4 samples: how much
+    of a single sample's figure is the prior and how much the sample."""
+    for what in ("small-data MAP", "MLE on the sample"):
+        ratios, rhos = [], []
+        for params, spend, ages in WORLDS.values():
+            for seed in range(3):
+                population = synthetic_population(2_500, seed, params, spend, ages)
+                for sample_seed in range(100, 104):
+                    ratio, rho = compare(population, sample_seed).figures[what]
+                    ratios.append(ratio)
+                    rhos.append(rho)
+        missed = sum(meets(r, s) == "missed" for r, s in zip(ratios, rhos, strict=True))
+        accuracy.append(
+            (
+                f"5 synthetic shops, {len(ratios)} 10% samples (geometric mean, range)",
+                what,
+                f"{np.exp(np.log(ratios).mean()):.3f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                f"min {min(rhos):.3f}",
+                f"met in {len(ratios) - missed}/{len(ratios)}",
+            )
+        )
+
+
 async def service_path(rows: list[tuple[str, str, str]], url: str, bootstrap: str, n: int) -> None:
     """Fit and rescore through the database, as the service's schedule does."""
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:6]}.", partitions=2)
@@ -205,13 +420,18 @@ async def service_path(rows: list[tuple[str, str, str]], url: str, bootstrap: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small populations, one repeat")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small populations, one repeat, no small-data spread over 60 samples",
+    )
     args = parser.parse_args()
     synthetic_n = 50_000 if args.quick else 1_000_000
     service_n = 5_000 if args.quick else 100_000
     repeat = 1 if args.quick else 5
 
     rows: list[tuple[str, str, str]] = []
+    accuracy: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pg")
         broker = TansuBroker(log_path=Path(tmp) / "tansu.log")
@@ -230,11 +450,24 @@ def main() -> None:
                 broker.stop()
         finally:
             pg.stop()
+    small_data(rows, accuracy)
+    if not args.quick:
+        spread(accuracy)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'workload':<{width}}  {'time':>10}  vs baseline / goal")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>10}  {note}")
+
+    print()
+    print(
+        "39-week CLV of a 10% sample's customers (expected purchases x expected spend, "
+        "undiscounted) vs the full-data MLE's; goals: mean ratio 0.75-1.25, Spearman >= 0.8"
+    )
+    header = ("population", "model", "mean ratio", "Spearman", "goals")
+    widths = [max(len(a[k]) for a in (header, *accuracy)) for k in range(5)]
+    for line in (header, *accuracy):
+        print("  ".join(f"{v:<{w}}" for v, w in zip(line, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":
