@@ -354,6 +354,9 @@ class Jobs:
         return scored, published
 
     async def refit_loop(self) -> None:
+        # A restart does not refit: the served model, under which the stage engine
+        # evaluates every customer, changes on schedule, on demand, or when none exists.
+        await asyncio.sleep(await self.until_refit_due())
         while True:
             try:
                 if await self.refit(trigger="schedule", wait=False) is not None:
@@ -361,6 +364,16 @@ class Jobs:
             except Exception:
                 log.exception("scheduled refit failed; retrying at the next interval")
             await asyncio.sleep(self.settings.refit_interval)
+
+    async def until_refit_due(self) -> float:
+        """Seconds until the served model is REFIT_INTERVAL old (0: fit now, when there
+        is none or it is an earlier release's heuristic)."""
+        async with self.sessions() as session:
+            current = await repository.current_model(session)
+        if current is None or current["model"] == ModelKind.heuristic.value:
+            return 0.0
+        age: float = (datetime.now(UTC) - current["fitted_at"]).total_seconds()
+        return max(0.0, self.settings.refit_interval - age)
 
     async def rescore_loop(self) -> None:
         while True:
