@@ -5,7 +5,8 @@ the webhooks received (a re-delivery must carry the same webhook-id).
 
 Event time is the clock: the population ends 200 days before today, so by the time the
 timers have run every customer has settled, and nothing depends on when the run happened
-(except scores, which are as of today: both runs are compared on the same day).
+(except scores, which are as of today: both runs are compared on the same day). Stages,
+histories and actions are read back before a final refit, scores after it.
 
     python system/chaos.py              # 100k events, 3 kills per service, 30 s pauses
     python system/chaos.py --quick      # the CI run: 450 events, one kill per service
@@ -42,6 +43,7 @@ from harness import (
     create_trigger,
     refit,
     send_paced,
+    served_model_adopted,
     service_env,
     settle,
     snapshot,
@@ -196,6 +198,9 @@ def run_once(
             await system.make_keys()
             for t in triggers(hook.url):
                 await create_trigger(system, t)
+            # Rules read scores under the served model: it must be in place before the
+            # first event, as it is in a running installation.
+            await served_model_adopted(system)
 
         loop.run_until_complete(setup())
         assert system.keys is not None
@@ -237,13 +242,22 @@ def run_once(
         worker.join()
         log.info("%s: sent in %.1fs", name, results["send"])
         settled = loop.run_until_complete(settle(system, quiet=quiet, timeout=1800))
-        log.info("%s: settled after %.1fs; refitting", name, settled)
-        # Scores as of the same data: one more fit and rescore, then let it propagate.
-        loop.run_until_complete(refit(system))
-        settled += loop.run_until_complete(settle(system, quiet=quiet, timeout=1800))
         t0 = time.monotonic()
         state = loop.run_until_complete(snapshot(system, customers))
-        log.info("%s: read back in %.1fs", name, time.monotonic() - t0)
+        log.info(
+            "%s: settled after %.1fs, read back in %.1fs; refitting",
+            name,
+            settled,
+            time.monotonic() - t0,
+        )
+        # Scores as of the same data: one more fit and rescore, then let it propagate.
+        # Read before it, the histories: the refit is a model change at the wall clock,
+        # which the two runs reach at different times.
+        loop.run_until_complete(refit(system))
+        settled += loop.run_until_complete(settle(system, quiet=quiet, timeout=1800))
+        scores = loop.run_until_complete(snapshot(system, customers, scores_only=True))
+        for cid, after in scores.items():
+            state[cid].score = after.score
         webhooks: dict[str, list[bytes]] = {}
         for d in hook.deliveries:
             webhooks.setdefault(d.webhook_id, []).append(d.body)

@@ -445,9 +445,10 @@ class CustomerState:
 
 
 async def snapshot(
-    system: System, customers: Iterable[str], *, concurrency: int = 16
+    system: System, customers: Iterable[str], *, concurrency: int = 16, scores_only: bool = False
 ) -> dict[str, CustomerState]:
-    """Every customer's stage, transition history, score and actions, over HTTP."""
+    """Every customer's stage, transition history, score and actions, over HTTP (only
+    the score with `scores_only`)."""
     assert system.keys is not None
     headers = {"Authorization": f"Bearer {system.keys.read}"}
     se, sc, ca = system.url("stage-engine"), system.url("scoring"), system.url("campaigns")
@@ -472,9 +473,18 @@ async def snapshot(
 
         async def one(cid: str) -> None:
             async with sem:
-                r = await get(f"{se}/v1/customers/{cid}")
                 stage = since = None
                 transitions: list[tuple[Any, ...]] = []
+                r = await get(f"{sc}/v1/customers/{cid}/score")
+                score = None
+                if r.status_code == 200:
+                    s = r.json()
+                    names = ("p_alive", "churn_probability", "expected_purchases", "clv")
+                    score = (*(_round(s[k]) for k in names), s["model"])
+                if scores_only:
+                    out[cid] = CustomerState(stage, since, transitions, score, [])
+                    return
+                r = await get(f"{se}/v1/customers/{cid}")
                 if r.status_code == 200:
                     body = r.json()
                     stage, since = body["stage"], body["since"]
@@ -493,12 +503,6 @@ async def snapshot(
                         if len(page) < 1000:
                             break
                         offset += 1000
-                r = await get(f"{sc}/v1/customers/{cid}/score")
-                score = None
-                if r.status_code == 200:
-                    s = r.json()
-                    names = ("p_alive", "churn_probability", "expected_purchases", "clv")
-                    score = (*(_round(s[k]) for k in names), s["model"])
                 r = await get(f"{ca}/v1/actions", {"customer_id": cid, "limit": 1000})
                 actions = [
                     {
@@ -532,6 +536,22 @@ async def create_trigger(
     r.raise_for_status()
     body: dict[str, Any] = r.json()
     return body
+
+
+async def served_model_adopted(system: System, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the stage engine evaluates scores under a model scoring served (scoring
+    fits at its first start); return that model."""
+    assert system.keys is not None
+    headers = {"Authorization": f"Bearer {system.keys.read}"}
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        while True:
+            r = await client.get(f"{system.url('stage-engine')}/v1/lifecycle-model")
+            if r.status_code == 200 and (served := r.json().get("score_model")):
+                return served  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no served score model after {timeout:.0f}s: {r.text[:200]}")
+            await asyncio.sleep(0.5)
 
 
 async def refit(system: System) -> dict[str, Any]:
