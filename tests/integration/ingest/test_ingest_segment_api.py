@@ -1,178 +1,151 @@
 """Segment compatibility: the official Segment Python library, unchanged, pointed at a
-real ingest server; and the single-call routes with the write key as Basic username."""
+real ingest server, for every call of the Segment spec; and the single-call routes as a
+browser's analytics.js and curl use them."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-from kit import SERVICES, make_key, read_topic
+from ingestkit import OnTopic
 from segment.analytics import Client
-from segment.analytics.request import APIError
-
-from clm_devstack.procs import free_port
-from clm_events.settings import ClmSettings
-from clm_ingest.config import Settings
-from clm_ingest.main import create_app
-
-assert "clm_ingest" in SERVICES
 
 
-class Server:
-    """The ingest app under uvicorn on a free port, in a thread with its own event loop."""
-
-    def __init__(self, database_url: str, bootstrap: str) -> None:
-        self.settings = Settings(
-            group_id=f"g-segment-{time.time_ns()}",
-            common=ClmSettings(
-                database_url=database_url,
-                kafka_bootstrap_servers=bootstrap,
-                topic_prefix=f"seg{time.time_ns()}.",
-                topic_partitions=2,
-                log_json=False,
-            ),
-        )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # A factory: aiokafka clients must be created inside the server's event loop.
-        config = uvicorn.Config(
-            lambda: create_app(self.settings),
-            factory=True,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("ingest did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+def ids(prefix: str, *names: str) -> dict[str, str]:
+    return {n: f"{prefix}-{n}" for n in names}
 
 
-@pytest.fixture(scope="module")
-def server(migrated: str, bootstrap_servers: str) -> Iterator[Server]:
-    with Server(migrated, bootstrap_servers) as s:
-        yield s
-
-
-@pytest.fixture
-async def write_key(migrated: str) -> AsyncIterator[str]:
-    yield await make_key(migrated, "source", "web")
-
-
-def topic(server: Server, event_type: str) -> str:
-    return f"{server.settings.common.topic_prefix}events.{event_type.split('.')[0]}"
-
-
-async def test_the_segment_library_lands_track_identify_page_and_batches_as_clm_events(
-    server: Server, write_key: str, bootstrap_servers: str
+async def test_every_call_of_the_python_library_is_accepted_and_mapped(
+    served: tuple[str, Any], write_key: str, on_topic: OnTopic
 ) -> None:
-    sync = Client(write_key, host=server.url, sync_mode=True, max_retries=0)
+    url, _ = served
+    run = uuid.uuid4().hex[:6]
+    m = ids(run, "identify", "order", "viewed", "page", "screen", "group", "alias", "signup")
+    m |= ids(run, "refund")
+    cust = f"cust-{run}"
+    errors: list[Any] = []
+    sync = Client(write_key, host=url, sync_mode=True, max_retries=0, on_error=errors.append)
 
     def calls() -> None:
-        sync.identify("cust-7", {"email": "ada@example.com", "timezone": "Europe/Paris"})
-        sync.page("cust-7", name="Pricing", properties={"url": "https://shop.example/pricing"})
+        sync.identify(cust, {"email": "ada@example.com"}, message_id=m["identify"])
         sync.track(
-            "cust-7",
+            cust,
             "Order Completed",
             {"order_id": "5001", "revenue": 42.5, "currency": "EUR", "products": []},
-            message_id="seg-order-5001",
+            message_id=m["order"],
         )
+        sync.track(
+            cust, "Product Viewed", {"sku": "SKU-1", "category": "shoes"}, message_id=m["viewed"]
+        )
+        sync.page(cust, name="Pricing", properties={"url": "https://shop.example/pricing"},
+                  message_id=m["page"])  # fmt: skip
+        sync.screen(cust, name="Basket", properties={"items": 2}, message_id=m["screen"])
+        sync.group(cust, "acme", {"plan": "team"}, message_id=m["group"])
+        sync.alias(f"old-{run}", cust, message_id=m["alias"])
         # Queued, gzip-compressed and sent as one /v1/batch by the library's own thread.
-        batched = Client(write_key, host=server.url, gzip=True, upload_size=10)
-        batched.track("cust-8", "Signed Up", {"email": "bob@example.com"})
-        batched.track("cust-8", "Order Refunded", {"order_id": "9", "total": 5, "currency": "EUR"})
+        batched = Client(write_key, host=url, gzip=True, upload_size=10)
+        batched.track(cust, "Signed Up", {"email": "ada@example.com"}, message_id=m["signup"])
+        batched.track(
+            cust, "Order Refunded", {"order_id": "9", "total": 5, "currency": "EUR"},
+            message_id=m["refund"],
+        )  # fmt: skip
         batched.flush()
         batched.join()
 
     await asyncio.to_thread(calls)
+    assert errors == []
 
-    web = await read_topic(bootstrap_servers, topic(server, "web.page_viewed"), expect=3)
-    purchases = await read_topic(bootstrap_servers, topic(server, "purchase.completed"), expect=2)
-    events = [json.loads(r.value) for r in web + purchases]
-    by_type = {e["type"]: e for e in events}
-    assert sorted(by_type) == [
-        "purchase.completed",
-        "purchase.refunded",
-        "web.identified",
-        "web.page_viewed",
-        "web.signed_up",
-    ]
-    assert all(e["source"] == "web" for e in events)  # the key's source
-    order = by_type["purchase.completed"]
-    assert (order["id"], order["subject"], order["data"]["amount"]) == (
-        "seg-order-5001",
-        "cust-7",
-        "42.5",
-    )
-    assert by_type["web.identified"]["data"]["traits"]["timezone"] == "Europe/Paris"
-    assert by_type["web.page_viewed"]["data"]["url"] == "https://shop.example/pricing"
-    assert by_type["web.signed_up"]["subject"] == "cust-8"
-
-
-async def test_the_segment_library_sees_an_unmapped_event_refused(
-    server: Server, write_key: str
-) -> None:
-    sync = Client(write_key, host=server.url, sync_mode=True, max_retries=0)
-    with pytest.raises(APIError) as refused:
-        await asyncio.to_thread(sync.track, "cust-7", "Product Viewed", {"sku": "x"})
-    assert refused.value.status == 422
-    error = refused.value.response.json()["errors"][0]
-    assert error["index"] == 0 and error["path"] == "event"
-    assert "'Order Completed'" in error["reason"]
+    web = await on_topic("web", [m[n] for n in ("identify", "viewed", "page", "screen", "alias")])
+    web += await on_topic("web", [m["signup"], m["group"]])
+    purchases = await on_topic("purchase", [m["order"], m["refund"]])
+    by_id = {e["id"]: e for e in web + purchases}
+    assert len(by_id) == len(web + purchases)  # none twice
+    assert {k: by_id[v]["type"] for k, v in m.items() if v in by_id} == {
+        "identify": "web.identified",
+        "order": "purchase.completed",
+        "viewed": "web.tracked",
+        "page": "web.page_viewed",
+        "screen": "web.screen_viewed",
+        "alias": "identity.linked",
+        "signup": "web.signed_up",
+        "refund": "purchase.refunded",
+    }  # and group: nothing
+    assert all(e["source"] == "web" and e["subject"] == cust for e in by_id.values())
+    assert by_id[m["order"]]["data"]["amount"] == "42.5"
+    assert by_id[m["viewed"]]["data"] == {
+        "name": "Product Viewed",
+        "properties": {"sku": "SKU-1", "category": "shoes"},
+    }
+    assert by_id[m["screen"]]["data"] == {"name": "Basket", "properties": {"items": 2}}
+    assert by_id[m["alias"]]["data"] == {"anonymous_id": f"old-{run}"}
+    assert by_id[m["page"]]["data"]["url"] == "https://shop.example/pricing"
 
 
 def basic(key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
-async def test_single_segment_calls_take_the_write_key_as_basic_username(
-    ingest: tuple[httpx.AsyncClient, Any], migrated: str, bootstrap_servers: str
+async def test_single_calls_take_the_write_key_as_basic_username_or_in_the_body(
+    served: tuple[str, Any], write_key: str, read_key: str, on_topic: OnTopic
 ) -> None:
-    client, runtime = ingest
-    key = await make_key(migrated, "source", "app")
+    url, _ = served
+    run = uuid.uuid4().hex[:6]
     track = {
-        "userId": "cust-9",
+        "userId": f"cust-{run}",
         "event": "Order Completed",
-        "messageId": "m-9",
+        "messageId": f"{run}-order",
         "timestamp": "2026-11-20T10:15:00Z",
         "properties": {"order_id": 9, "total": "19.99", "currency": "USD"},
     }
-    response = await client.post("/v1/track", json=track, headers=basic(key))
-    assert (response.status_code, response.json()) == (202, {"accepted": 1})
-    identify = {"userId": "cust-9", "messageId": "m-10", "traits": {"name": "Ada"}}
-    assert (await client.post("/v1/identify", json=identify, headers=basic(key))).status_code == 202
-    page = {"userId": "cust-9", "messageId": "m-11", "properties": {"title": "Home"}}
-    missing_url = await client.post("/v1/page", json=page, headers=basic(key))
-    assert missing_url.status_code == 422
-    assert missing_url.json()["errors"] == [{"path": "properties.url", "reason": "field required"}]
-    assert (await client.post("/v1/track", json=track, headers=basic("wrong"))).status_code == 401
+    # What analytics.js sends from a browser: text/plain, the write key in the body, the
+    # call's one-letter path, no Authorization header.
+    page = {
+        "type": "page",
+        "anonymousId": f"anon-{run}",
+        "messageId": f"{run}-page",
+        "writeKey": write_key,
+        "sentAt": "2026-11-20T10:15:01Z",
+        "properties": {"url": "https://shop.example/", "title": "Home"},
+        "context": {"userAgent": "Mozilla/5.0", "library": {"name": "analytics.js"}},
+        "integrations": {},
+        "_metadata": {"bundled": ["Segment.io"]},
+    }
+    async with httpx.AsyncClient(base_url=url) as http:
+        sent = await http.post("/v1/track", json=track, headers=basic(write_key))
+        assert (sent.status_code, sent.json()) == (202, {"accepted": 1})
+        browser = await http.post(
+            "/v1/p", content=json.dumps(page), headers={"Content-Type": "text/plain"}
+        )
+        assert (browser.status_code, browser.json()) == (202, {"accepted": 1})
+        assert browser.headers["Access-Control-Allow-Origin"] == "*"
 
-    purchases = await read_topic(
-        bootstrap_servers, runtime.topics.domain("purchase.completed"), expect=1
-    )
-    app_events = [e for e in (json.loads(r.value) for r in purchases) if e["source"] == "app"]
-    assert [(e["id"], e["data"]["order_id"], e["data"]["amount"]) for e in app_events] == [
-        ("m-9", "9", "19.99")
-    ]
-    web = await read_topic(bootstrap_servers, runtime.topics.domain("web.identified"), expect=1)
-    app_web = [json.loads(r.value) for r in web if json.loads(r.value)["source"] == "app"]
-    assert [e["type"] for e in app_web] == ["web.identified"]
+        no_url = {"userId": "c", "messageId": f"{run}-no-url", "properties": {"title": "Home"}}
+        kept = await http.post("/v1/page", json=no_url, headers=basic(write_key))
+        assert (kept.status_code, kept.json()) == (
+            202,
+            {
+                "accepted": 0,
+                "deadlettered": [{"path": "properties.url", "reason": "field required"}],
+            },
+        )
+        # Refused whole: not authenticated, not JSON, too large.
+        assert (await http.post("/v1/track", json=track, headers=basic("wrong"))).status_code == 401
+        keyless = await http.post("/v1/t", json=track)
+        assert keyless.status_code == 401 and "writeKey" in keyless.json()["detail"]
+        wrong_role = await http.post("/v1/i", json={**track, "writeKey": read_key})
+        assert wrong_role.status_code == 403
+        garbage = await http.post("/v1/track", content=b"{nope", headers=basic(write_key))
+        assert garbage.status_code == 400
+        big = {**track, "properties": {"note": "x" * 40_000}}
+        assert (await http.post("/v1/track", json=big, headers=basic(write_key))).status_code == 413
+
+    [order] = await on_topic("purchase", [f"{run}-order"])
+    assert (order["data"]["order_id"], order["data"]["amount"]) == ("9", "19.99")
+    [viewed] = await on_topic("web", [f"{run}-page"])
+    assert (viewed["type"], viewed["subject"]) == ("web.page_viewed", f"anon-{run}")
+    assert viewed["data"] == {"url": "https://shop.example/", "title": "Home",
+                              "anonymous_id": f"anon-{run}"}  # fmt: skip

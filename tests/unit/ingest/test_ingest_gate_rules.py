@@ -1,4 +1,4 @@
-"""The gate admits a request whole or not at all, and says why per event."""
+"""The gate says per item of a request what it may publish and why not."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ def purchase(i: int, source: str = "shop/checkout", **data: Any) -> dict[str, An
 
 def verdict(items: list[Any], *, batch: bool = True, limit: int = 32 * 1024) -> Any:
     return admit(
-        parse_each(items, parse_event), key_source="shop", max_event_bytes=limit, batch=batch
+        parse_each(items, lambda item: [parse_event(item)]),
+        key_source="shop",
+        max_event_bytes=limit,
+        batch=batch,
     )
 
 
@@ -45,6 +48,24 @@ def test_one_invalid_event_refuses_the_batch_with_index_path_and_reason() -> Non
         {"index": 2, "path": "", "reason": "event must be a JSON object"},
     ]
     assert result.summary(3) == "2 of 3 events refused; nothing was published"
+    assert sorted(result.refused) == [1, 2]  # what a Segment request dead-letters
+    assert [a.position for a in result.admitted] == [0]
+
+
+def test_an_item_of_several_events_is_refused_by_its_position_if_one_is_bad() -> None:
+    items = {
+        "ok": [purchase(1)],
+        "mixed": [purchase(2), purchase(3, source="billing")],  # e.g. identify + link
+    }
+    result = admit(
+        parse_each(["ok", "mixed"], lambda name: [parse_event(e) for e in items[name]]),
+        key_source="shop",
+        max_event_bytes=32 * 1024,
+        batch=True,
+    )
+    assert list(result.refused) == [1]
+    # The good half of the refused item is admitted here; intake drops refused positions.
+    assert [a.position for a in result.admitted] == [0, 1]
 
 
 def test_derived_types_are_refused_at_the_gate() -> None:

@@ -10,15 +10,20 @@ import pytest
 
 from clm_events.catalog import EventType
 from clm_events.envelope import EventValidationError
-from clm_ingest.domain.segment import SegmentMapping, to_cloudevent
+from clm_ingest.domain.segment import SegmentMapping, link_id, to_cloudevents
 
 NOW = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
 
 
-def convert(msg: Any, call: str | None = None, **mapping: Any) -> Any:
-    return to_cloudevent(
+def convert_all(msg: Any, call: str | None = None, **mapping: Any) -> list[Any]:
+    return to_cloudevents(
         msg, call=call, source="shop", mapping=SegmentMapping(**mapping), received_at=NOW
     )
+
+
+def convert(msg: Any, call: str | None = None, **mapping: Any) -> Any:
+    [event] = convert_all(msg, call, **mapping)
+    return event
 
 
 def errors(msg: Any, call: str | None = None, **mapping: Any) -> list[dict[str, str]]:
@@ -85,7 +90,7 @@ def test_order_refunded_and_signed_up_map_to_their_clm_types() -> None:
 def test_identify_and_page_map_to_web_events_keeping_the_anonymous_id() -> None:
     identify = {"messageId": "m-2", "userId": "cust-42", "anonymousId": "a-1", "traits": {}}
     identify["traits"] = {"email": "ada@example.com", "timezone": "Europe/Paris"}
-    event = convert(identify, "identify")
+    event, _link = convert_all(identify, "identify")
     assert event.type == EventType.WEB_IDENTIFIED
     assert event.data.traits["timezone"] == "Europe/Paris"
     assert event.data.anonymous_id == "a-1"
@@ -106,52 +111,108 @@ def test_a_track_named_after_a_clm_type_passes_properties_through_as_data() -> N
 
 def test_the_mapping_is_configurable() -> None:
     msg = {**order_completed(), "event": "Checkout Finished"}
-    assert "unmapped event name 'Checkout Finished'" in errors(msg)[0]["reason"]
+    assert convert(msg).type == EventType.WEB_TRACKED
     custom = {"Checkout Finished": EventType.PURCHASE_COMPLETED}
     assert convert(msg, track_events=custom).type == EventType.PURCHASE_COMPLETED
 
 
-def test_an_unmapped_name_lists_the_supported_ones() -> None:
-    [error] = errors({**order_completed(), "event": "Product Viewed"})
-    assert error["path"] == "event"
-    for supported in ("'Order Completed'", "'Order Refunded'", "'Signed Up'", "web.page_viewed"):
-        assert supported in error["reason"]
-    assert "lifecycle.stage_changed" not in error["reason"]
-
-
-def test_errors_point_at_the_segment_fields_the_sender_wrote() -> None:
-    msg = order_completed(products=[{"product_id": "p", "quantity": 0, "price": -1}])
-    msg["properties"].pop("currency")
-    msg["properties"]["revenue"] = "lots"
-    del msg["messageId"]
-    paths = {e["path"] for e in errors(msg)}
-    assert paths == {
-        "messageId",
-        "properties.currency",
-        "properties.revenue",
-        "properties.products.0.quantity",
-        "properties.products.0.price",
+def test_any_other_track_name_is_a_tracked_event_with_its_properties() -> None:
+    msg = {
+        "type": "track",
+        "event": "Product Viewed",
+        "messageId": "m-6",
+        "userId": "cust-42",
+        "properties": {"sku": "SKU-9", "category": "shoes", "price": 59.9},
+        "context": {"library": {"name": "analytics-python"}, "ip": "203.0.113.9"},
+        "integrations": {"All": True},
+        "sentAt": "2026-11-20T10:15:01Z",
+        "writeKey": "clm_source_x",
     }
+    event = convert(msg)
+    assert event.type == EventType.WEB_TRACKED
+    assert (event.id, event.subject) == ("m-6", "cust-42")
+    assert event.data.name == "Product Viewed"
+    assert event.data.properties == {"sku": "SKU-9", "category": "shoes", "price": 59.9}
+    # context (ip, user agent: personal data), integrations, sentAt, writeKey: not kept
+    assert set(event.data.model_dump(exclude_none=True)) == {"name", "properties"}
+    assert "ip" not in str(event.model_dump())
 
 
-def test_anonymous_only_calls_are_refused_unless_configured() -> None:
+def test_a_track_name_must_be_text_of_at_most_200_characters() -> None:
+    assert errors({**order_completed(), "event": ""})[0]["path"] == "event"
+    assert errors({**order_completed(), "event": 7})[0]["path"] == "event"
+    [too_long] = errors({**order_completed(), "event": "x" * 201})
+    assert too_long["path"] == "event" and "200" in too_long["reason"]
+
+
+def test_anonymous_only_calls_are_keyed_by_the_anonymous_id() -> None:
     page = {"messageId": "m-5", "anonymousId": "a-9", "properties": {"url": "https://x.io"}}
-    [error] = errors(page, "page")
-    assert error["path"] == "userId"
-    assert "anonymous-only" in error["reason"]
-    assert convert(page, "page", anonymous_subject=True).subject == "a-9"
+    event = convert(page, "page")
+    assert (event.subject, event.data.anonymous_id) == ("a-9", "a-9")
+    assert event.model_extra == {"anonymousid": "a-9"}
+    track = {"messageId": "m-7", "anonymousId": 12, "event": "Product Viewed"}
+    assert convert(track, "track").subject == "12"  # numeric ids become strings
+    [error] = errors({"messageId": "m-8", "userId": "", "properties": {"url": "x"}}, "page")
+    assert error["path"] == "userId" and "userId or anonymousId" in error["reason"]
+
+
+def test_identify_with_both_ids_also_links_them_under_a_derived_id() -> None:
+    identify = {"type": "identify", "messageId": "m-9", "userId": "cust-1", "anonymousId": "a-1"}
+    profile, link = convert_all(identify)
+    assert (profile.type, profile.id, profile.subject) == ("web.identified", "m-9", "cust-1")
+    assert (link.type, link.id, link.subject) == ("identity.linked", "m-9:link", "cust-1")
+    assert link.data.anonymous_id == "a-1"
+    assert convert_all(identify) == [profile, link]  # a retried call gives the same ids
+    assert len(link_id("m" * 256)) <= 256
+    same = {**identify, "anonymousId": "cust-1"}
+    assert [e.type for e in convert_all(same)] == ["web.identified"]  # nothing to link
+    anonymous = {**identify, "userId": None}
+    [visitor] = convert_all(anonymous)
+    assert (visitor.type, visitor.subject) == ("web.identified", "a-1")
+
+
+def test_alias_links_the_previous_id_to_the_user_id() -> None:
+    alias = {"type": "alias", "messageId": "m-10", "previousId": "a-2", "userId": "cust-2"}
+    event = convert(alias)
+    assert (event.type, event.id, event.subject) == ("identity.linked", "m-10", "cust-2")
+    assert event.data.anonymous_id == "a-2"
+    assert errors({**alias, "previousId": None}) == [
+        {"path": "previousId", "reason": "field required"}
+    ]
+    assert errors({**alias, "userId": None}) == [{"path": "userId", "reason": "field required"}]
+
+
+def test_screen_is_a_screen_view_and_group_keeps_nothing() -> None:
+    screen = {
+        "type": "screen",
+        "messageId": "m-11",
+        "userId": "cust-3",
+        "name": "Basket",
+        "properties": {"items": 2},
+    }
+    event = convert(screen)
+    assert event.type == EventType.WEB_SCREEN_VIEWED
+    assert (event.data.name, event.data.properties) == ("Basket", {"items": 2})
+    group = {"type": "group", "messageId": "m-12", "userId": "cust-3", "groupId": "acme"}
+    assert convert_all(group) == []
+
+
+def test_a_page_without_properties_url_takes_the_context_page_url() -> None:
+    page = {"messageId": "m-13", "userId": "c", "context": {"page": {"url": "https://x.io/a"}}}
+    assert convert(page, "page").data.url == "https://x.io/a"
 
 
 def test_unsupported_calls_and_shapes_are_named() -> None:
-    assert errors({"type": "alias", "userId": "c"})[0] == {
+    assert errors({"type": "merge", "userId": "c"})[0] == {
         "path": "type",
-        "reason": "unsupported Segment call 'alias'; supported: track, identify, page",
+        "reason": "unsupported Segment call 'merge'; supported: "
+        "track, identify, page, screen, group, alias",
     }
     assert errors({"type": "track", "event": "Signed Up", "properties": [1]})[0]["path"] == (
         "properties"
     )
     with pytest.raises(EventValidationError, match="must be a JSON object"):
-        to_cloudevent([], call=None, source="shop", mapping=SegmentMapping(), received_at=NOW)
+        convert_all([], call=None)
 
 
 @pytest.mark.parametrize(

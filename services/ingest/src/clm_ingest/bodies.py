@@ -117,14 +117,15 @@ async def cloudevents(request: Request, *, max_event: int, max_request: int) -> 
     raise BodyError(415, f"unsupported content type '{media[:64]}'; send {SUPPORTED}")
 
 
-async def segment(request: Request, *, limit: int, batch: bool) -> list[Any]:
-    """Segment messages: the body itself, or the `batch` array of a /v1/batch body."""
+async def segment(request: Request, *, limit: int, batch: bool) -> tuple[dict[str, Any], list[Any]]:
+    """A Segment body (a JSON object, whatever the content type: analytics.js sends
+    text/plain) and its messages: the body itself, or the `batch` array of /v1/batch."""
     body = load_json(await read(request, limit, "batch" if batch else "message"))
     if not isinstance(body, dict):
         raise BodyError(400, "body must be a JSON object")
     if not batch:
-        return [body]
+        return body, [body]
     messages = body.get("batch")
     if not isinstance(messages, list):
         raise BodyError(400, 'body must be {"batch": [message, ...]}')
-    return messages
+    return body, messages

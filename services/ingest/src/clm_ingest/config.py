@@ -30,9 +30,13 @@ class Settings(ServiceSettings):
         default_factory=lambda: dict(DEFAULT_TRACK_EVENTS),
         description="Segment track event name -> CLM event type (JSON in the env var).",
     )
-    segment_anonymous_subject: bool = Field(
-        False,
-        description="Use anonymousId as the customer id when a Segment call has no userId.",
+    identity_max_anonymous_ids: int = Field(
+        100, ge=1, description="Anonymous ids one known customer may absorb; more are refused."
+    )
+    identity_blocked_ids: list[str] = Field(
+        default_factory=list,
+        description="Ids never linked besides the built-in placeholders ('0', '-1', 'null', "
+        "'anonymous', ...), e.g. the test ids of your own code (JSON list in the env var).",
     )
 
     @field_validator("segment_track_events")

@@ -3,7 +3,8 @@ messages back through the ingest gate.
 
 Replay re-publishes a dead-lettered message's original key, bytes and headers (without the
 `clm_dlq_*` ones) to the inbound topic, so ingest validates it again: a fixed bug or a
-raised limit lets it through, a still-bad message is dead-lettered once more.
+raised limit lets it through, a still-bad message is dead-lettered once more. A Segment
+message refused over HTTP is converted first (segment_deadletters.py).
 
 Running the same replay twice is safe. Its consumer group (named after the filters) commits
 each dead-letter partition's position after the batch is acknowledged, so a second run
@@ -29,7 +30,9 @@ from aiokafka.structs import ConsumerRecord
 from clm_events.deadletter import HEADER_PREFIX, reason_of
 from clm_events.producer import Message, Producer
 from clm_events.topics import Topics
+from clm_ingest import segment_deadletters
 from clm_ingest.config import Settings
+from clm_ingest.domain.segment import SegmentMapping
 
 REPLAY_HEADER = "clm_replay_of"
 FETCH_TIMEOUT_MS = 500
@@ -71,17 +74,39 @@ def producer_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, by
     return [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX) and k != REPLAY_HEADER]
 
 
-def replay_headers(
-    headers: Sequence[tuple[str, bytes]], topic: str, partition: int, offset: int
-) -> list[tuple[str, bytes]]:
-    """The producer's headers plus where the message was dead-lettered."""
-    return [*producer_headers(headers), (REPLAY_HEADER, f"{topic}/{partition}/{offset}".encode())]
+def replay_messages(
+    key: bytes | None,
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]],
+    place: tuple[str, int, int],
+    *,
+    topics: Topics,
+    mapping: SegmentMapping,
+    origin: str,
+) -> list[Message]:
+    """What a replay of the dead letter at `place` (dead-letter topic, partition, offset)
+    publishes: the original message for the inbound topic, marked with where it was
+    dead-lettered; for a Segment message, the events it converts to (or a new dead letter).
+    `origin` is where it was dead-lettered from."""
+    own = producer_headers(headers)
+    mark = (REPLAY_HEADER, "/".join(map(str, place)).encode())
+    if segment_deadletters.is_segment(own):
+        return segment_deadletters.replayed(
+            key, value, own, topics=topics, mapping=mapping, origin=origin, replay_of=mark
+        )
+    return [Message(topic=topics.inbound, key=key, value=value, headers=[*own, mark])]
 
 
-def replay_message(record: Record, inbound: str) -> Message:
-    """The original message for the inbound topic, marked with where it was dead-lettered."""
-    headers = replay_headers(record.headers, record.topic, record.partition, record.offset)
-    return Message(topic=inbound, key=record.key, value=record.value or b"", headers=headers)
+def replay_record(record: Record, topics: Topics, mapping: SegmentMapping) -> list[Message]:
+    return replay_messages(
+        record.key,
+        record.value or b"",
+        record.headers,
+        (record.topic, record.partition, record.offset),
+        topics=topics,
+        mapping=mapping,
+        origin=reason_of(record.headers).get("topic", ""),
+    )
 
 
 def describe(record: Record) -> str:
@@ -157,6 +182,7 @@ async def replay_deadletters(
     dry_run: bool,
     emit: Callable[[str], None],
     idempotent: bool = False,
+    mapping: SegmentMapping | None = None,
 ) -> int:
     """Re-publish the matching messages to the inbound topic; return how many.
 
@@ -169,6 +195,7 @@ async def replay_deadletters(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
+    segment = mapping or SegmentMapping()
     # Not even created for a dry run: an unstarted producer warns when collected.
     producer = None if dry_run else Producer(bootstrap_servers, idempotent=idempotent)
     await consumer.start()
@@ -183,7 +210,7 @@ async def replay_deadletters(
             count += len(chosen)
             if producer is None:
                 continue
-            await producer.send_batch(replay_message(r, topics.inbound) for r in chosen)
+            await producer.send_batch(m for r in chosen for m in replay_record(r, topics, segment))
             if batch:
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
     finally:
@@ -271,6 +298,7 @@ def replay_cmd(
             dry_run=dry_run,
             emit=typer.echo,
             idempotent=common.kafka_idempotent_producer,
+            mapping=SegmentMapping(settings.segment_track_events),
         )
     )
     verb = "would replay" if dry_run else "replayed"

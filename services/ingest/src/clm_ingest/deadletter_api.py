@@ -13,6 +13,7 @@ from clm_events.auth import AdminKey, ReadKey
 from clm_events.service import Runtime
 from clm_ingest import deadletter_store as store
 from clm_ingest.config import Settings
+from clm_ingest.domain.segment import SegmentMapping
 
 router = APIRouter(prefix="/v1/deadletters", tags=["dead letters"])
 
@@ -88,14 +89,14 @@ async def replay_deadletter(
     if payload is not None and len(payload) > limit:
         raise HTTPException(413, f"payload is {len(payload)} bytes; the limit is {limit}")
     try:
-        await store.replay(
+        published = await store.replay(
             rt.sessions,
             rt.producer,
             row,
-            inbound=rt.topics.inbound,
-            deadletter_topic=rt.topics.deadletter,
+            topics=rt.topics,
+            mapping=SegmentMapping(settings.segment_track_events),
             payload=payload,
         )
     except Exception as exc:  # the broker did not take it: nothing was recorded
         raise HTTPException(503, f"the broker did not accept the replay: {exc}") from exc
-    return {"replayed": deadletter_id, "topic": rt.topics.inbound}
+    return {"replayed": deadletter_id, "topic": rt.topics.inbound, "messages": published}

@@ -28,9 +28,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.deadletter import reason_of
-from clm_events.producer import Message, Producer
+from clm_events.producer import Producer
 from clm_events.storable import printable
-from clm_ingest.deadletter import REPLAY_HEADER, producer_headers, replay_headers
+from clm_events.topics import Topics
+from clm_ingest.deadletter import REPLAY_HEADER, producer_headers, replay_messages
+from clm_ingest.domain.segment import SegmentMapping
 from clm_ingest.models import deadletters
 
 log = logging.getLogger(__name__)
@@ -194,22 +196,30 @@ async def replay(
     producer: Producer,
     row: sa.Row[Any],
     *,
-    inbound: str,
-    deadletter_topic: str,
+    topics: Topics,
+    mapping: SegmentMapping,
     payload: bytes | None,
-) -> None:
-    """Publish the message (or its corrected body) to the inbound topic, then record when.
+) -> int:
+    """Publish the message (or its corrected body) to the inbound topic, then record when;
+    return how many messages that was (a Segment message converts to 0 to 2 events).
 
     A crash between the two re-publishes on a second click, which is harmless: consumers
     dedupe on the event's (source, id)."""
     stored = [(k, base64.b64decode(v)) for k, v in row.headers]
-    headers = replay_headers(stored, deadletter_topic, row.partition, row.offset)
-    value = payload if payload is not None else bytes(row.value)
-    key = bytes(row.key) if row.key is not None else None
-    await producer.send(Message(topic=inbound, key=key, value=value, headers=headers))
+    messages = replay_messages(
+        bytes(row.key) if row.key is not None else None,
+        payload if payload is not None else bytes(row.value),
+        stored,
+        (topics.deadletter, row.partition, row.offset),
+        topics=topics,
+        mapping=mapping,
+        origin=row.source_topic,
+    )
+    await producer.send_batch(messages)
     async with sessions.begin() as session:
         await session.execute(
             sa.update(deadletters)
             .where(deadletters.c.partition == row.partition, deadletters.c.offset == row.offset)
             .values(replayed_at=sa.func.now())
         )
+    return len(messages)

@@ -3,15 +3,16 @@
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_events.catalog import DERIVED_TYPES
+from clm_events.catalog import DERIVED_TYPES, topic_domain
 from clm_events.consumer import Decoder, Delivery, Handler
 from clm_events.envelope import Event, EventValidationError, FieldError, encode_structured
 from clm_events.outbox import CONTENT_TYPE
 from clm_events.topics import Topics
 from clm_ingest import repository
+from clm_ingest.domain.identity import Outcome
+from clm_ingest.identity import IdentityGraph
 
 
 def inbound_decoder(max_event_bytes: int, decode: Decoder) -> Decoder:
@@ -35,26 +36,27 @@ def inbound_decoder(max_event_bytes: int, decode: Decoder) -> Decoder:
     return decode_gated
 
 
-def inbound_gate(topics: Topics) -> Handler:
+def inbound_gate(topics: Topics, graph: IdentityGraph) -> Handler:
     """Route validated inbound events to their domain topic, keyed by customer, through
-    the outbox (so a crash between commit and publish loses nothing).
+    the outbox (so a crash between commit and publish loses nothing); identity links
+    are recorded and subjects resolved as on the HTTP path, in the same transaction.
 
     Undecodable messages never reach here: the runner dead-letters what the decoder
-    refuses (invalid, unstorable, too large, derived types).
+    refuses (invalid, unstorable, too large, derived types). A link a guard refuses is
+    counted and not routed.
     """
 
     async def route(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
-        rows: list[dict[str, Any]] = []
-        for d in deliveries:
-            rows.append(_routed(topics, d.event, d.record))
+        resolved = await graph.resolve(session, [d.event for d in deliveries])
+        rows = [_routed(topics, e) for e in resolved if not isinstance(e, Outcome)]
         await repository.queue_routed(session, rows)
 
     return route
 
 
-def _routed(topics: Topics, event: Event, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+def _routed(topics: Topics, event: Event) -> dict[str, Any]:
     return {
-        "topic": topics.domain(event.type),
+        "topic": topics.domain(topic_domain(event.type)),
         "key": event.subject.encode(),
         # Re-encoded: binary-mode input leaves as structured JSON like everything else.
         "value": encode_structured(event),

@@ -8,17 +8,22 @@ from clm_events.service import create_app as create_service_app
 from clm_ingest import api, deadletter_api, handlers, models
 from clm_ingest.config import Settings
 from clm_ingest.deadletter_store import DeadletterStore
+from clm_ingest.domain.identity import Guards
 from clm_ingest.domain.rate_limit import RateLimiter
+from clm_ingest.identity import IdentityGraph
 from clm_ingest.intake import Intake
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime.of("ingest", settings, models)
+    graph = IdentityGraph(
+        Guards.of(settings.identity_max_anonymous_ids, settings.identity_blocked_ids)
+    )
     rt.add_consumer(
         group_id=settings.group_id,
         topics=[rt.topics.inbound],
-        handler=handlers.inbound_gate(rt.topics),
+        handler=handlers.inbound_gate(rt.topics, graph),
         decode=handlers.inbound_decoder(settings.max_event_bytes, decode_kafka_record),
     )
     deadletters = DeadletterStore(
@@ -35,6 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter=RateLimiter(
             settings.rate_limit_events_per_second, settings.rate_limit_burst, time.monotonic
         ),
+        sessions=rt.sessions,
+        processed=models.processed_events,
+        # Its own group: a dead letter of a downstream service, replayed through the
+        # inbound topic, must not look like a duplicate of what came in over HTTP.
+        claim_group=f"{settings.group_id}-http",
+        graph=graph,
         max_event_bytes=settings.max_event_bytes,
         publish_timeout=settings.publish_timeout,
         retry_after=settings.retry_after_seconds,

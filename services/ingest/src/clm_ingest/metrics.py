@@ -12,9 +12,9 @@ EVENTS_ACCEPTED = Counter(
 )
 EVENTS_REJECTED = Counter(
     "clm_ingest_events_rejected_total",
-    "Events refused over HTTP, by type (unknown if it did not parse), the key's source and "
-    "reason (invalid, derived_type, too_large, forbidden_source, rate_limited, "
-    "broker_unavailable).",
+    "Events refused over HTTP (a Segment message refused is also dead-lettered), by type "
+    "(unknown if it did not parse), the key's source and reason (invalid, unstorable_text, "
+    "derived_type, too_large, forbidden_source, rate_limited, broker_unavailable).",
     ["type", "source", "reason"],
 )
 PUBLISH_SECONDS = Histogram(
@@ -28,4 +28,19 @@ REQUEST_EVENTS = Histogram(
     "Events per HTTP request (batch size).",
     ["channel"],
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+EVENTS_DUPLICATE = Counter(
+    "clm_ingest_events_duplicate_total",
+    "Events received over HTTP again (a client retrying) and not published again.",
+    ["channel"],
+)
+IDENTITY_LINKS = Counter(
+    "clm_ingest_identity_links_total",
+    "identity.linked events by outcome (linked, unchanged, refused) and, for refusals, the "
+    "guard's reason (blocked_id, same_id, already_linked, has_linked_ids, customer_limit).",
+    ["outcome", "reason"],
+)
+SUBJECTS_REWRITTEN = Counter(
+    "clm_ingest_subjects_rewritten_total",
+    "Events whose subject, a linked anonymous id, became the known customer's id.",
 )

@@ -29,3 +29,18 @@ deadletters = sa.Table(
     sa.Column("replayed_at", sa.DateTime(timezone=True)),
     sa.Index("deadletters_at", "at"),
 )
+
+# The identity graph: each anonymous id linked to the known customer it belongs to. One
+# level deep (see domain/identity.py), so resolving an id is one lookup.
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("anonymous_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),  # the identity.linked event that linked it
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column(
+        "linked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Index("identities_customer", "customer_id"),
+)

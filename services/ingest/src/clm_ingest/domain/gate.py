@@ -1,5 +1,6 @@
 """What an authenticated request may publish: valid v1 producer events of the caller's
-source, each within the size limit. A request is admitted whole or not at all."""
+source, each within the size limit. One item of a request (a CloudEvent, a Segment
+message) gives zero or more events; an item is admitted whole or not at all."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Admitted:
+    position: int  # of the item it came from in the request
     event: Event
     value: bytes  # the structured CloudEvent published to the domain topic
 
@@ -69,6 +71,14 @@ class Verdict:
         worst = min(self.problems, key=lambda p: _SEVERITY.index(p.kind)).kind
         return STATUS.get(worst, 422)
 
+    @property
+    def refused(self) -> dict[int, list[Problem]]:
+        """The problems of each refused item, by its position in the request."""
+        by_position: dict[int, list[Problem]] = {}
+        for p in self.problems:
+            by_position.setdefault(p.index or 0, []).append(p)
+        return by_position
+
     def summary(self, total: int) -> str:
         refused = len({p.index for p in self.problems})
         if self.problems[0].index is None:
@@ -84,9 +94,9 @@ def source_allowed(event_source: str, key_source: str) -> bool:
 
 
 def parse_each(
-    items: Iterable[T], parse: Callable[[T], Event]
-) -> list[Event | EventValidationError]:
-    results: list[Event | EventValidationError] = []
+    items: Iterable[T], parse: Callable[[T], Sequence[Event]]
+) -> list[Sequence[Event] | EventValidationError]:
+    results: list[Sequence[Event] | EventValidationError] = []
     for item in items:
         try:
             results.append(parse(item))
@@ -96,7 +106,7 @@ def parse_each(
 
 
 def admit(
-    parsed: Sequence[Event | EventValidationError],
+    parsed: Sequence[Sequence[Event] | EventValidationError],
     *,
     key_source: str,
     max_event_bytes: int,
@@ -110,42 +120,42 @@ def admit(
             kind = Reason.unstorable_text if result.kind == UNSTORABLE else Reason.invalid
             problems += [Problem(index, e.path, e.reason, kind) for e in result.errors]
             continue
-        event_type = str(result.type)
-        if result.type in DERIVED_TYPES:
-            problems.append(
-                Problem(
-                    index,
-                    "type",
-                    f"'{event_type}' is published by CLM itself; producers may send: "
-                    + _PRODUCER_TYPES,
-                    Reason.derived_type,
-                    event_type,
-                )
-            )
-            continue
-        if not source_allowed(result.source, key_source):
-            problems.append(
-                Problem(
-                    index,
-                    "source",
-                    f"this key may only publish events of source '{key_source}' "
-                    f"(or '{key_source}/...'), not '{result.source[:64]}'",
-                    Reason.forbidden_source,
-                    event_type,
-                )
-            )
-            continue
-        value = encode_structured(result)
-        if len(value) > max_event_bytes:
-            problems.append(
-                Problem(
-                    index,
-                    "",
-                    f"event is {len(value)} bytes; the limit is {max_event_bytes}",
-                    Reason.too_large,
-                    event_type,
-                )
-            )
-            continue
-        admitted.append(Admitted(result, value))
+        for event in result:
+            checked = _check(event, index, key_source, max_event_bytes)
+            if isinstance(checked, Problem):
+                problems.append(checked)
+            else:
+                admitted.append(Admitted(i, event, checked))
     return Verdict(admitted, problems)
+
+
+def _check(event: Event, index: int | None, key_source: str, limit: int) -> Problem | bytes:
+    """The event's problem, or its encoded form if it has none."""
+    event_type = str(event.type)
+    if event.type in DERIVED_TYPES:
+        return Problem(
+            index,
+            "type",
+            f"'{event_type}' is published by CLM itself; producers may send: " + _PRODUCER_TYPES,
+            Reason.derived_type,
+            event_type,
+        )
+    if not source_allowed(event.source, key_source):
+        return Problem(
+            index,
+            "source",
+            f"this key may only publish events of source '{key_source}' "
+            f"(or '{key_source}/...'), not '{event.source[:64]}'",
+            Reason.forbidden_source,
+            event_type,
+        )
+    value = encode_structured(event)
+    if len(value) > limit:
+        return Problem(
+            index,
+            "",
+            f"event is {len(value)} bytes; the limit is {limit}",
+            Reason.too_large,
+            event_type,
+        )
+    return value

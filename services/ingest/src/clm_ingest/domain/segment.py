@@ -1,12 +1,18 @@
-"""Segment-compatible calls (track, identify, page) as CLM CloudEvents.
+"""Segment spec calls (track, identify, page, screen, group, alias) as CLM CloudEvents.
+
+A message gives zero, one or two events: `group` gives none (CLM keeps no accounts),
+`identify` with both a userId and an anonymousId gives `web.identified` and the
+`identity.linked` that joins the two ids, `alias` gives `identity.linked` alone.
 
 Segment's e-commerce v2 names map to CLM types; a track call whose name already is a CLM
-type passes its properties through as `data`. Errors name the Segment field the sender
-wrote (`properties.revenue`), not the CloudEvent field it became (`data.amount`).
+type passes its properties through as `data`; every other name is a `web.tracked`.
+Errors name the Segment field the sender wrote (`properties.revenue`), not the CloudEvent
+field it became (`data.amount`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,33 +32,23 @@ DEFAULT_TRACK_EVENTS: Mapping[str, EventType] = {
     "Order Refunded": EventType.PURCHASE_REFUNDED,
     "Signed Up": EventType.WEB_SIGNED_UP,
 }
-CALLS = ("track", "identify", "page")
+CALLS = ("track", "identify", "page", "screen", "group", "alias")
 PRODUCER_TYPES = tuple(t for t in EventType if t not in DERIVED_TYPES)
 
 
 @dataclass(frozen=True)
 class SegmentMapping:
     track_events: Mapping[str, EventType] = field(default_factory=lambda: DEFAULT_TRACK_EVENTS)
-    # Off by default: an anonymousId is a browser, not a customer, and would split one
-    # customer's history across ids.
-    anonymous_subject: bool = False
-
-    def supported_track_events(self) -> str:
-        names = ", ".join(f"'{n}'" for n in self.track_events)
-        return f"{names}, or a CLM event type ({', '.join(PRODUCER_TYPES)})"
 
     def track_type(self, name: Any) -> EventType:
         if not isinstance(name, str) or not name:
-            raise _fail("event", f"field required; supported: {self.supported_track_events()}")
+            raise _fail("event", "field required: the name of the action")
         mapped = self.track_events.get(name)
         if mapped is not None:
             return mapped
         if name in PRODUCER_TYPES:
             return EventType(name)
-        raise _fail(
-            "event",
-            f"unmapped event name '{name[:64]}'; supported: {self.supported_track_events()}",
-        )
+        return EventType.WEB_TRACKED
 
 
 def _fail(path: str, reason: str) -> EventValidationError:
@@ -60,8 +56,10 @@ def _fail(path: str, reason: str) -> EventValidationError:
 
 
 def _id(value: Any) -> Any:
-    # Segment senders often use numeric ids; CLM ids are strings.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    # Segment senders often use numeric ids; CLM ids are strings. An empty id is no id.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None if value == "" else value
 
 
 def _first(props: Mapping[str, Any], *names: str) -> tuple[Any, str]:
@@ -73,6 +71,15 @@ def _first(props: Mapping[str, Any], *names: str) -> tuple[Any, str]:
 
 def _compact(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _object(msg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = msg.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(name, "Input should be an object")
+    return value
 
 
 def _item(product: Any) -> Any:
@@ -126,30 +133,116 @@ def _signed_up(msg: Mapping[str, Any], props: Mapping[str, Any]) -> Built:
     return _compact(data), {"email": "properties.email", "name": "properties.name"}
 
 
+def _tracked(msg: Mapping[str, Any], props: Mapping[str, Any]) -> Built:
+    data = {"name": msg.get("event"), "properties": dict(props)}
+    return data, {"name": "event", "properties": "properties"}
+
+
 def _passthrough(msg: Mapping[str, Any], props: Mapping[str, Any]) -> Built:
-    return dict(props), {}
+    return dict(props), {"": "properties"}
 
 
 _TRACK_BUILDERS: Mapping[EventType, Callable[[Mapping[str, Any], Mapping[str, Any]], Built]] = {
     EventType.PURCHASE_COMPLETED: _purchase_completed,
     EventType.PURCHASE_REFUNDED: _purchase_refunded,
     EventType.WEB_SIGNED_UP: _signed_up,
+    EventType.WEB_TRACKED: _tracked,
 }
 
 
-def _object(msg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = msg.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _fail(name, "Input should be an object")
-    return value
+def _track(msg: Mapping[str, Any], mapping: SegmentMapping) -> tuple[EventType, Built]:
+    event_type = mapping.track_type(msg.get("event"))
+    builder = _TRACK_BUILDERS.get(event_type, _passthrough)
+    return event_type, builder(msg, _object(msg, "properties"))
 
 
-def to_cloudevent(
+def _page(msg: Mapping[str, Any]) -> Built:
+    props = _object(msg, "properties")
+    # analytics.js sends the url in both places; server libraries often only in context.
+    url = props.get("url")
+    if url is None:
+        url = _object(_object(msg, "context"), "page").get("url")
+    title = props.get("title") if props.get("title") is not None else msg.get("name")
+    return _compact({"url": url, "title": title}), {
+        "url": "properties.url",
+        "title": "properties.title",
+    }
+
+
+def _screen(msg: Mapping[str, Any]) -> Built:
+    props = _object(msg, "properties")
+    name = msg.get("name") if msg.get("name") is not None else props.get("name")
+    data = _compact({"name": name, "properties": dict(props)})
+    return data, {"name": "name", "properties": "properties"}
+
+
+def link_id(message_id: Any) -> Any:
+    """The id of the `identity.linked` an identify call gives besides its `web.identified`
+    (which has the messageId): derived, so a retried call gives the same one."""
+    if not isinstance(message_id, str):
+        return message_id  # refused as the messageId it is
+    if len(message_id) <= 250:
+        return f"{message_id}:link"
+    return "link:" + hashlib.sha256(message_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Message:
+    """What every event of one Segment message shares."""
+
+    msg: Mapping[str, Any]
+    call: str
+    source: str
+    received_at: datetime
+
+    def event(
+        self,
+        event_type: EventType,
+        built: Built,
+        *,
+        subject: tuple[Any, str],
+        anonymous_id: Any,
+        event_id: Any = None,
+    ) -> Event:
+        data, data_paths = built
+        if isinstance(anonymous_id, str) and event_type.value.startswith("web."):
+            data = {**data, "anonymous_id": anonymous_id}
+            data_paths = {**data_paths, "anonymous_id": "anonymousId"}
+        time, time_path = _first(self.msg, "timestamp", "originalTimestamp")
+        event: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": _id(self.msg.get("messageId")) if event_id is None else event_id,
+            "source": self.source,
+            "type": event_type.value,
+            "subject": subject[0],
+            "time": time if time is not None else self.received_at,
+            "data": data,
+        }
+        if isinstance(anonymous_id, str):
+            event["anonymousid"] = anonymous_id  # CloudEvents extension: kept for identity joins
+        paths = {
+            "id": "messageId",
+            "subject": subject[1],
+            "time": time_path,
+            "anonymousid": "anonymousId",
+        }
+        try:
+            return parse_event({k: v for k, v in event.items() if v is not None})
+        except EventValidationError as exc:
+            errors = [_segment_error(e, paths, data_paths) for e in exc.errors]
+            if subject[0] is None and self.call != "alias":
+                errors = [e for e in errors if e.path != subject[1]]
+                errors.insert(0, FieldError(subject[1], _NO_SUBJECT))
+            raise EventValidationError(errors) from None
+
+
+_NO_SUBJECT = "field required (userId or anonymousId): CLM keys every event by customer"
+
+
+def to_cloudevents(
     msg: Any, *, call: str | None, source: str, mapping: SegmentMapping, received_at: datetime
-) -> Event:
-    """Validate one Segment message as the CLM event it maps to.
+) -> list[Event]:
+    """Validate one Segment message as the CLM events it maps to (possibly none).
 
     `call` is the route's call type; None (the /v1/batch route) takes it from `type`.
     Raises EventValidationError with paths into the Segment message.
@@ -161,61 +254,51 @@ def to_cloudevent(
     if call not in CALLS:
         shown = f"'{str(call)[:32]}'" if call is not None else "missing"
         raise _fail("type", f"unsupported Segment call {shown}; supported: {', '.join(CALLS)}")
+    if call == "group":
+        return []  # accounts: nothing CLM keeps
 
-    anonymous_id = _id(msg.get("anonymousId"))
+    message = _Message(msg, call, source, received_at)
+    user_id, anonymous_id = _id(msg.get("userId")), _id(msg.get("anonymousId"))
+    if call == "alias":
+        # previousId (often the anonymous id) is from now on userId.
+        previous = {"anonymous_id": _id(msg.get("previousId"))}
+        built = _compact(previous), {"anonymous_id": "previousId"}
+        return [
+            message.event(
+                EventType.IDENTITY_LINKED,
+                built,
+                subject=(user_id, "userId"),
+                anonymous_id=anonymous_id,
+            )
+        ]
+
+    # Without a userId the anonymous id is the subject until a link names the customer.
+    subject = (anonymous_id, "anonymousId") if user_id is None else (user_id, "userId")
+    if subject[0] is None:
+        subject = (None, "userId")
     if call == "track":
-        event_type = mapping.track_type(msg.get("event"))
-        props = _object(msg, "properties")
-        builder = _TRACK_BUILDERS.get(event_type, _passthrough)
-        data, data_paths = builder(msg, props)
-        data_paths = data_paths or {"": "properties"}
+        event_type, built = _track(msg, mapping)
     elif call == "identify":
         event_type = EventType.WEB_IDENTIFIED
-        data = _compact({"traits": dict(_object(msg, "traits")), "anonymous_id": anonymous_id})
-        data_paths = {"traits": "traits", "anonymous_id": "anonymousId"}
+        built = {"traits": dict(_object(msg, "traits"))}, {"traits": "traits"}
+    elif call == "page":
+        event_type, built = EventType.WEB_PAGE_VIEWED, _page(msg)
     else:
-        event_type = EventType.WEB_PAGE_VIEWED
-        props = _object(msg, "properties")
-        title = props.get("title") if props.get("title") is not None else msg.get("name")
-        data = _compact({"url": props.get("url"), "title": title, "anonymous_id": anonymous_id})
-        data_paths = {"url": "properties.url", "title": "properties.title"}
-        data_paths["anonymous_id"] = "anonymousId"
+        event_type, built = EventType.WEB_SCREEN_VIEWED, _screen(msg)
+    events = [message.event(event_type, built, subject=subject, anonymous_id=anonymous_id)]
 
-    subject, subject_path = _id(msg.get("userId")), "userId"
-    if subject is None and mapping.anonymous_subject:
-        subject, subject_path = anonymous_id, "anonymousId"
-    time, time_path = _first(msg, "timestamp", "originalTimestamp")
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": _id(msg.get("messageId")),
-        "source": source,
-        "type": event_type.value,
-        "subject": subject,
-        "time": time if time is not None else received_at,
-        "data": data,
-    }
-    if isinstance(anonymous_id, str) and anonymous_id:
-        event["anonymousid"] = anonymous_id  # CloudEvents extension: kept for identity joins
-    paths = {
-        "id": "messageId",
-        "subject": subject_path,
-        "time": time_path,
-        "anonymousid": "anonymousId",
-    }
-    try:
-        return parse_event({k: v for k, v in event.items() if v is not None})
-    except EventValidationError as exc:
-        errors = [_segment_error(e, paths, data_paths) for e in exc.errors]
-        if subject is None:
-            errors = [e for e in errors if e.path != "userId"]
-            errors.insert(0, FieldError("userId", _missing_user_reason(mapping)))
-        raise EventValidationError(errors) from None
-
-
-def _missing_user_reason(mapping: SegmentMapping) -> str:
-    if mapping.anonymous_subject:
-        return "field required (userId or anonymousId): CLM keys every event by customer"
-    return "field required: CLM keys every event by customer id; anonymous-only calls are refused"
+    if call == "identify" and user_id is not None and anonymous_id not in (None, user_id):
+        link = {"anonymous_id": anonymous_id}, {"anonymous_id": "anonymousId"}
+        events.append(
+            message.event(
+                EventType.IDENTITY_LINKED,
+                link,
+                subject=subject,
+                anonymous_id=anonymous_id,
+                event_id=link_id(_id(msg.get("messageId"))),
+            )
+        )
+    return events
 
 
 def _segment_error(
