@@ -3,7 +3,9 @@
 Self-contained: starts its own PostgreSQL and broker, migrates, creates a source key,
 measures the raw aiokafka producer (send + gather, linger 5 ms, acks=all, lz4) as the
 baseline, then runs ingest under uvicorn in a subprocess while a separate load process
-posts batches. Prints a table; the ratio column is against the baseline of the same run.
+posts CloudEvents batches, then Segment batches (78% "Order Completed", 20% custom event
+names, 2% invalid messages, which are dead-lettered). Prints a table; the ratio column is
+against the baseline of the same run.
 
     python services/ingest/bench/bench_ingest.py [--quick]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import statistics
@@ -63,19 +66,58 @@ def event(i: int, run: str) -> dict[str, Any]:
     }
 
 
+def segment_message(i: int, run: str) -> dict[str, Any]:
+    """What a Segment library sends: 1 in 50 invalid (an order without currency), 10 in
+    50 a custom event name (web.tracked), the rest orders like `event`."""
+    base = {
+        "type": "track",
+        "messageId": f"{run}-seg-{i}",
+        "userId": f"cust-{i % 50_000}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "context": {"library": {"name": "analytics-python", "version": "2.3.3"}},
+        "integrations": {},
+    }
+    kind = i % 50
+    if kind < 10:
+        props = {"sku": f"SKU-{i % 100}", "category": "books", "price": 19.9}
+        return {**base, "event": "Product Viewed", "properties": props}
+    order = {
+        "order_id": f"{run}-{i}",
+        "revenue": 59.9,
+        "currency": "EUR",
+        "products": [
+            {"sku": "SKU-1", "category": "books", "quantity": 1, "price": 19.9},
+            {"sku": "SKU-2", "category": "games", "quantity": 2, "price": 20},
+        ],
+    }
+    if kind == 10:
+        del order["currency"]
+    return {**base, "event": "Order Completed", "properties": order}
+
+
 # --- the load process ------------------------------------------------------------------
 
 
-async def load(url: str, key: str, requests: int, concurrency: int) -> dict[str, Any]:
+def _request(mode: str, r: int, run: str) -> bytes:
+    if mode == "segment":
+        batch = [segment_message(r * BATCH + i, run) for i in range(BATCH)]
+        return json.dumps({"batch": batch, "sentAt": datetime.now(UTC).isoformat()}).encode()
+    return json.dumps([event(r * BATCH + i, run) for i in range(BATCH)]).encode()
+
+
+async def load(url: str, key: str, requests: int, concurrency: int, mode: str) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    bodies = [
-        json.dumps([event(r * BATCH + i, run) for i in range(BATCH)]).encode()
-        for r in range(requests)
-    ]
-    headers = {
-        "Authorization": f"Bearer {key}",
-        "Content-Type": "application/cloudevents-batch+json",
-    }
+    bodies = [_request(mode, r, run) for r in range(requests)]
+    warm_up = _request(mode, 0, f"{run}-warm")  # its own ids: the run itself has no duplicate
+    path = "/v1/batch" if mode == "segment" else "/v1/events"
+    if mode == "segment":
+        headers = {"Authorization": f"Basic {base64.b64encode(f'{key}:'.encode()).decode()}"}
+        headers["Content-Type"] = "application/json"
+    else:
+        headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/cloudevents-batch+json",
+        }
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -86,14 +128,14 @@ async def load(url: str, key: str, requests: int, concurrency: int) -> dict[str,
         while not queue.empty():
             body = queue.get_nowait()
             began = time.perf_counter()
-            response = await client.post(f"{url}/v1/events", content=body, headers=headers)
+            response = await client.post(f"{url}{path}", content=body, headers=headers)
             latencies.append(time.perf_counter() - began)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         # Warm-up: connections, key cache, producer metadata.
-        await client.post(f"{url}/v1/events", content=bodies[0], headers=headers)
+        await client.post(f"{url}{path}", content=warm_up, headers=headers)
         began = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
@@ -132,7 +174,7 @@ async def raw_producer_rate(bootstrap: str, total: int) -> float:
         await producer.stop()
 
 
-async def count_messages(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> int:
+async def count_messages(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> int:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -211,19 +253,28 @@ def main(quick: bool) -> None:
                 env=env,
             )
             wait_ready(url, ingest)
-            loader = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    *("--load", url, key, str(requests), str(concurrency)),
-                ],
-                check=True,
-                capture_output=True,
-            )
-            result = json.loads(loader.stdout)
-            published = asyncio.run(
-                count_messages(broker.bootstrap_servers, "bench.events.purchase", total + BATCH)
-            )
+            results = {}
+            for mode in ("cloudevents", "segment"):
+                loader = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        *("--load", url, key, str(requests), str(concurrency), mode),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+                results[mode] = json.loads(loader.stdout)
+            # Each load also sent one warm-up request of its own events.
+            sent = total + BATCH
+            published = {
+                topic: asyncio.run(count_messages(broker.bootstrap_servers, topic, expect))
+                for topic, expect in (
+                    ("bench.events.purchase", sent + sent * 39 // 50),
+                    ("bench.events.web", sent * 10 // 50),
+                    ("bench.events.deadletter", sent // 50),
+                )
+            }
         finally:
             if ingest is not None:
                 ingest.terminate()
@@ -231,32 +282,40 @@ def main(quick: bool) -> None:
             broker.stop()
             pg.stop()
 
-    rate = result["events"] / result["seconds"]
-    rows = [
-        ("raw producer (send+gather, linger 5 ms)", f"{raw_rate:,.0f}", "-", "-", "1.00"),
-        (
-            f"ingest HTTP, {BATCH}-event batches, {concurrency} in flight",
-            f"{rate:,.0f}",
-            f"{result['p50'] * 1000:.1f}",
-            f"{result['p99'] * 1000:.1f}",
-            f"{rate / raw_rate:.2f}",
-        ),
-    ]
+    rows = [("raw producer (send+gather, linger 5 ms)", f"{raw_rate:,.0f}", "-", "-", "1.00")]
+    labels = {
+        "cloudevents": f"ingest HTTP CloudEvents, {BATCH}-event batches, {concurrency} in flight",
+        "segment": f"ingest HTTP Segment, {BATCH}-message batches, 20% custom names, 2% invalid",
+    }
+    for mode, result in results.items():
+        rate = result["events"] / result["seconds"]
+        rows.append(
+            (
+                labels[mode],
+                f"{rate:,.0f}",
+                f"{result['p50'] * 1000:.1f}",
+                f"{result['p99'] * 1000:.1f}",
+                f"{rate / raw_rate:.2f}",
+            )
+        )
     header = ("path", "events/s", "p50 ms", "p99 ms", "x raw")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\ningest benchmark: {total:,} events ({'quick' if quick else 'full'} run)")
+    print(f"\ningest benchmark: {total:,} events per path ({'quick' if quick else 'full'} run)")
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(f"\nresponses: {result['statuses']}; events on the domain topic: {published:,}")
+    statuses = {mode: result["statuses"] for mode, result in results.items()}
+    print(f"\nresponses: {statuses}; messages on the topics: {published}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run (20k events)")
-    parser.add_argument("--load", nargs=4, metavar=("URL", "KEY", "REQUESTS", "CONCURRENCY"))
+    parser.add_argument(
+        "--load", nargs=5, metavar=("URL", "KEY", "REQUESTS", "CONCURRENCY", "MODE")
+    )
     args = parser.parse_args()
     if args.load:
-        url, key, n, c = args.load
-        print(json.dumps(asyncio.run(load(url, key, int(n), int(c)))))
+        url, key, n, c, mode = args.load
+        print(json.dumps(asyncio.run(load(url, key, int(n), int(c), mode))))
     else:
         main(args.quick)
