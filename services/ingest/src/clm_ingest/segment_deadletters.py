@@ -53,7 +53,10 @@ def _key(msg: Any) -> bytes | None:
     if not isinstance(msg, dict):
         return None
     subject = msg.get("userId") or msg.get("anonymousId")
-    return str(subject).encode() if isinstance(subject, str | int) else None
+    if not isinstance(subject, str | int):
+        return None
+    # An id may be the very text that got the message refused (an unpaired surrogate).
+    return str(subject).encode("utf-8", "backslashreplace")
 
 
 def deadletter(
