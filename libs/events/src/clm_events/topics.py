@@ -54,6 +54,8 @@ class Topics:
     def domain(self, event_type: str) -> str:
         """Domain topic of a v1 event type: `purchase.completed` -> `clm.events.purchase`."""
         domain = event_type.split(".", 1)[0]
+        if domain == "identity":  # links travel with the web activity they join
+            domain = "web"
         if domain not in DOMAINS:
             raise ValueError(f"event type {event_type!r} has no domain topic")
         return f"{self.prefix}events.{domain}"

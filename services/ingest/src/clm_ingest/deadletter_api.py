@@ -62,8 +62,16 @@ def _cursor(value: str) -> tuple[datetime, int, int]:
         at, partition, offset = value.split("~")
         return datetime.fromisoformat(at), int(partition), int(offset)
     except ValueError:
+        # The shape of FastAPI's own 422 (what the OpenAPI schema declares).
         raise HTTPException(
-            422, {"path": "before", "reason": "not a cursor from a previous page"}
+            422,
+            [
+                {
+                    "loc": ["query", "before"],
+                    "msg": "not a cursor from a previous page",
+                    "type": "value_error",
+                }
+            ],
         ) from None
 
 
