@@ -23,7 +23,7 @@ from clm_stage_engine.domain.model import (
     Rule,
     compile_model,
 )
-from clm_stage_engine.domain.timeline import Timeline, advance, next_tick, reevaluate
+from clm_stage_engine.domain.timeline import Timeline, advance, reevaluate
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 DAY = 86_400_000_000
