@@ -36,6 +36,7 @@ V1_TYPES = {
 DERIVED = {
     "lifecycle.stage_changed",
     "lifecycle.transition_retracted",
+    "lifecycle.customers_merged",
     "lifecycle.score_updated",
     "lifecycle.score_model_served",
     "campaign.action_fired",

@@ -58,6 +58,7 @@ MINIMAL_DATA: dict[str, dict[str, Any]] = {
         "at": "2026-11-20T10:15:00Z",
         "cause": "time",
     },
+    "lifecycle.customers_merged": {"anonymous_id": "anon-7f3a"},
     "lifecycle.score_updated": {
         "clv": "120.50",
         "churn_probability": 0.2,

@@ -39,6 +39,7 @@ class EventType(StrEnum):
     # Derived: published by CLM itself, never accepted from producers.
     LIFECYCLE_STAGE_CHANGED = "lifecycle.stage_changed"
     LIFECYCLE_TRANSITION_RETRACTED = "lifecycle.transition_retracted"
+    LIFECYCLE_CUSTOMERS_MERGED = "lifecycle.customers_merged"
     LIFECYCLE_SCORE_UPDATED = "lifecycle.score_updated"
     LIFECYCLE_SCORE_MODEL_SERVED = "lifecycle.score_model_served"
     CAMPAIGN_ACTION_FIRED = "campaign.action_fired"
@@ -48,6 +49,7 @@ DERIVED_TYPES: frozenset[EventType] = frozenset(
     {
         EventType.LIFECYCLE_STAGE_CHANGED,
         EventType.LIFECYCLE_TRANSITION_RETRACTED,
+        EventType.LIFECYCLE_CUSTOMERS_MERGED,
         EventType.LIFECYCLE_SCORE_UPDATED,
         EventType.LIFECYCLE_SCORE_MODEL_SERVED,
         EventType.CAMPAIGN_ACTION_FIRED,
@@ -290,6 +292,16 @@ class LifecycleTransitionRetracted(EventData):
     cause: str
 
 
+class LifecycleCustomersMerged(EventData):
+    """The stage engine merged what it held under `anonymous_id` into the event's subject
+    (an `identity.linked` reached it). Published on the transitions topic keyed by the
+    known customer, before the transitions the merge rebuilt, so a consumer of that
+    topic learns of the merge before it sees them; the anonymous id's own transitions
+    are retracted under the anonymous id."""
+
+    anonymous_id: Id
+
+
 class LifecycleScoreUpdated(EventData):
     clv: Money
     churn_probability: Probability
@@ -340,6 +352,7 @@ DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.IDENTITY_LINKED: IdentityLinked,
     EventType.LIFECYCLE_STAGE_CHANGED: LifecycleStageChanged,
     EventType.LIFECYCLE_TRANSITION_RETRACTED: LifecycleTransitionRetracted,
+    EventType.LIFECYCLE_CUSTOMERS_MERGED: LifecycleCustomersMerged,
     EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,
     EventType.LIFECYCLE_SCORE_MODEL_SERVED: LifecycleScoreModelServed,
     EventType.CAMPAIGN_ACTION_FIRED: CampaignActionFired,

@@ -33,6 +33,7 @@ from clm_events.catalog import (
     EventData,
     EventType,
     IdentityLinked,
+    LifecycleCustomersMerged,
     LifecycleScoreModelServed,
     LifecycleScoreUpdated,
     LifecycleStageChanged,
@@ -266,6 +267,11 @@ class LifecycleTransitionRetractedEvent(CloudEvent):
     data: LifecycleTransitionRetracted
 
 
+class LifecycleCustomersMergedEvent(CloudEvent):
+    type: Literal["lifecycle.customers_merged"]
+    data: LifecycleCustomersMerged
+
+
 class LifecycleScoreUpdatedEvent(CloudEvent):
     type: Literal["lifecycle.score_updated"]
     data: LifecycleScoreUpdated
@@ -299,6 +305,7 @@ Event = Annotated[
     | IdentityLinkedEvent
     | LifecycleStageChangedEvent
     | LifecycleTransitionRetractedEvent
+    | LifecycleCustomersMergedEvent
     | LifecycleScoreUpdatedEvent
     | LifecycleScoreModelServedEvent
     | CampaignActionFiredEvent,
