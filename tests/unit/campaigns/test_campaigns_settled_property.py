@@ -28,7 +28,7 @@ from clm_events.envelope import Event, parse_structured
 from clm_stage_engine.domain.inputs import Input, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, compile_model
 from clm_stage_engine.domain.timeline import Timeline, advance
-from clm_stage_engine.handlers import publications
+from clm_stage_engine.outbound import publications
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -11,7 +11,7 @@ import pytest
 from clm_events.envelope import encode_structured, new_event, parse_structured
 from clm_stage_engine.domain.inputs import from_us, to_us
 from clm_stage_engine.domain.timeline import Transition
-from clm_stage_engine.handlers import SOURCE, Origin, retracted_event, stage_changed_event
+from clm_stage_engine.outbound import SOURCE, Origin, retracted_event, stage_changed_event
 
 FACTS = {
     "purchases_total": 3,

@@ -41,11 +41,15 @@ def _iso(moment: datetime | None) -> str | None:
 
 @router.get("/customers/{customer_id}", tags=["customers"])
 async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) -> dict[str, Any]:
-    """Stage, since when, the facts as of now, and the latest scores."""
+    """Stage, since when, the facts as of now, the latest scores and the anonymous ids
+    merged into the customer. A merged anonymous id answers with its customer."""
     async with _sessions(request)() as session:
+        merged_into = (await repo.links_of(session, [customer_id])).get(customer_id)
+        requested, customer_id = customer_id, merged_into or customer_id
         row = await repo.get_customer(session, customer_id)
         if row is None:
-            raise HTTPException(404, f"no customer '{customer_id}'")
+            raise HTTPException(404, f"no customer '{requested}'")
+        linked = await repo.linked_ids(session, customer_id)
         stored = {customer_id: (row.timeline, row.evaluated_until)}
         tl = (await load_timelines(session, stored))[customer_id]
         served = (await request.app.state.stage_engine.models.current(session)).served
@@ -63,6 +67,8 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         # Facts and scores as of now: the scores the rules read, under the served model.
         "facts": to_json(acc.with_scores(acc.facts(now), now, served)),
         "scores": scores_out(acc, now, served),
+        "linked_ids": [{"anonymous_id": a, "linked_at": _iso(at)} for a, at in linked],
+        **({"requested_id": requested} if requested != customer_id else {}),
     }
 
 

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import Event, EventValidationError, parse_event
 from clm_stage_engine.domain.inputs import Input, from_event, to_us
-from clm_stage_engine.handlers import Origin, StageEngine
+from clm_stage_engine.handlers import StageEngine
+from clm_stage_engine.outbound import Origin
 
 EVENT_COLUMNS = {"id", "source", "type", "subject", "time", "data"}
 ORDER_COLUMNS = {"customer_id", "order_id", "time", "amount", "currency"}

@@ -9,17 +9,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events.consumer import Delivery
-from clm_events.envelope import LifecycleScoreModelServedEvent
+from clm_events.envelope import IdentityLinkedEvent, LifecycleScoreModelServedEvent
 from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
-from clm_stage_engine import metrics
+from clm_stage_engine import identities, metrics
 from clm_stage_engine import repository as repo
 from clm_stage_engine.domain.inputs import Input, from_event, from_us, to_us
 from clm_stage_engine.domain.model import DEFAULT_MODEL, CompiledModel, ModelSpec, compile_model
@@ -31,10 +30,10 @@ from clm_stage_engine.domain.timeline import (
     advance,
     reevaluate,
 )
+from clm_stage_engine.outbound import Origin, publications
 
 log = logging.getLogger(__name__)
 
-SOURCE = "clm/stage-engine"
 SETTLE_SECONDS = 60.0
 
 _HEADERS = json.dumps([["content-type", "application/cloudevents+json"]])  # jsonb text
@@ -128,8 +127,10 @@ class StageEngine:
     # -- entry points ----------------------------------------------------------------
 
     async def handle(self, session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
-        """A consumed batch: group the inputs by customer, then one pass per customer."""
+        """A consumed batch: group the inputs by the customer they count for (an
+        anonymous id's are its customer's once linked), then one pass per customer."""
         by_customer: dict[str, list[Input]] = {}
+        links: list[identities.Link] = []
         kinds: Counter[str] = Counter()
         for d in deliveries:
             if isinstance(d.event, LifecycleScoreModelServedEvent):
@@ -143,9 +144,15 @@ class StageEngine:
             i = from_event(d.event)
             if i is None:  # a derived or foreign type on our topics: a producer bug
                 raise ValueError(f"event type {d.event.type!r} is not a stage-engine input")
+            if isinstance(d.event, IdentityLinkedEvent):
+                links.append(identities.Link(d.event.data.anonymous_id, d.event.subject, i.at))
             by_customer.setdefault(d.event.subject, []).append(i)
             kinds[i.kind] += 1
-        await self.apply(session, by_customer, kind="events")
+        merged = await identities.resolve(session, by_customer, links)
+        # Merge notices and retractions go first: a consumer of the transitions topic
+        # learns of a merge before the transitions it rebuilt.
+        await repo.add_outbox(session, [self._topic_row(*m) for m in merged.messages])
+        await self.apply(session, merged.by_customer, kind="events")
         for kind, n in kinds.items():
             metrics.EVENTS.labels(kind).inc(n)
 
@@ -319,96 +326,6 @@ class StageEngine:
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _rfc3339(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")
-
-
-def publications(tl: Timeline, out: Outcome, origin: Origin | None) -> list[tuple[str, bytes]]:
-    """(event id, event) of what a step tells consumers, in order: the retractions first,
-    so a consumer reads them before what replaced them."""
-    gone, published = out.news(tl.customer, tl.history)
-    messages = []
-    for t in gone:
-        event_id = tl.retract(t)
-        messages.append((event_id, retracted_event(tl.customer, event_id, t)))
-    for position in published:
-        t = tl.history[position]
-        tid = t.id(tl.customer)
-        event_id = tl.publication_id(tid)
-        entry = tl.entry(position)
-        value = stage_changed_event(
-            tl.customer, event_id, t, transition_id=tid, entry=entry, origin=origin
-        )
-        messages.append((event_id, value))
-    return messages
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where published transitions come from, when not from live processing."""
-
-    kind: Literal["backfill"] = "backfill"
-    send_actions: bool = False  # a backfill asked campaigns to act on its transitions
-
-
-def stage_changed_event(
-    customer: str,
-    event_id: str,
-    t: Transition,
-    *,
-    transition_id: str | None = None,
-    entry: int | None = None,
-    origin: Origin | None = None,
-) -> bytes:
-    """The `lifecycle.stage_changed` CloudEvent, byte for byte what encode_structured gives
-    for the same new_event (a unit test holds them equal). Building and validating a
-    pydantic model per transition cost as much as evaluating the customer; our own
-    values need no validation."""
-    at = _rfc3339(t.at)
-    data: dict[str, Any] = {} if t.from_stage is None else {"from_stage": t.from_stage}
-    data |= {
-        "to_stage": t.to_stage,
-        "at": at,
-        "cause": t.cause,
-        "facts": t.facts or {},
-        "model_version": t.model_version,
-    }
-    if transition_id is not None:
-        data["transition_id"] = transition_id
-    if entry is not None:
-        data["entry"] = entry
-    if origin is not None:
-        data |= {"origin": origin.kind, "send_actions": origin.send_actions}
-    if t.event is not None:
-        data["cause_event"] = {"source": t.event[0], "id": t.event[1], "type": t.event[2]}
-    return _event_bytes(customer, event_id, "lifecycle.stage_changed", at, data)
-
-
-def retracted_event(customer: str, event_id: str, t: Transition) -> bytes:
-    """`lifecycle.transition_retracted`: a published transition a late event rewrote out
-    of the history (same byte-for-byte rule as stage_changed_event)."""
-    at = _rfc3339(t.at)
-    data: dict[str, Any] = {"transition_id": t.id(customer)}
-    if t.from_stage is not None:
-        data["from_stage"] = t.from_stage
-    data |= {"to_stage": t.to_stage, "at": at, "cause": t.cause}
-    return _event_bytes(customer, event_id, "lifecycle.transition_retracted", at, data)
-
-
-def _event_bytes(customer: str, event_id: str, kind: str, at: str, data: dict[str, Any]) -> bytes:
-    event = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": SOURCE,
-        "type": kind,
-        "subject": customer,
-        "time": at,
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _history_row(customer: str, position: int, tid: str, t: Transition) -> dict[str, Any]:

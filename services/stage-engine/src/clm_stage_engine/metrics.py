@@ -30,3 +30,10 @@ BATCH_SECONDS = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MERGES = Counter(
+    "clm_stage_identity_merges_total",
+    "identity.linked events applied, by outcome: merged (state held under the anonymous id "
+    "moved to the customer), linked (nothing held yet; later events follow the link), "
+    "refused (the anonymous id is linked to another customer already).",
+    ["outcome"],
+)

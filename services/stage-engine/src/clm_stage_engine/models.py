@@ -69,6 +69,20 @@ transitions = sa.Table(
     sa.Index("ix_transitions_at", "at"),
 )
 
+# Each anonymous id merged into a known customer (the first link wins; ingest's guards
+# decide which links exist). Events of the anonymous id that arrive later count for the
+# customer.
+identity_links = sa.Table(
+    "identity_links",
+    metadata,
+    sa.Column("anonymous_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column(
+        "linked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Index("ix_identity_links_customer_id", "customer_id"),
+)
+
 lifecycle_models = sa.Table(
     "lifecycle_models",
     metadata,

@@ -13,7 +13,14 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_stage_engine.domain.inputs import to_us
-from clm_stage_engine.models import customers, inputs, lifecycle_models, outbox, transitions
+from clm_stage_engine.models import (
+    customers,
+    identity_links,
+    inputs,
+    lifecycle_models,
+    outbox,
+    transitions,
+)
 
 _MODEL_LOCK = zlib.crc32(b"clm-stage-engine:lifecycle-model")
 
@@ -290,6 +297,72 @@ async def mark_model_version(session: AsyncSession, ids: Sequence[str], version:
 async def get_customer(session: AsyncSession, customer_id: str) -> Any:
     c = customers
     return (await session.execute(sa.select(c).where(c.c.customer_id == customer_id))).first()
+
+
+# -- identity links ------------------------------------------------------------------
+
+
+async def lock_ids(session: AsyncSession, ids: Sequence[str]) -> None:
+    """Hold these customer ids for this transaction, in one sorted order so two writers
+    never deadlock on them. A row lock cannot guard an id with no row yet, and an
+    anonymous id's first event must not race the link that merges it."""
+    if ids:
+        await (await _driver(session)).execute(_LOCK_IDS, list(ids))
+
+
+_LOCK_IDS = (
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(id, 0) AS k "
+    "FROM unnest($1::text[]) AS id ORDER BY k) AS ids"
+)
+
+
+async def links_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, str]:
+    """The known customer each of these ids is a merged anonymous id of (those that are)."""
+    if not ids:
+        return {}
+    rows = await (await _driver(session)).fetch(_LINKS_OF, list(ids))
+    return {r[0]: r[1] for r in rows}
+
+
+_LINKS_OF = (
+    f"SELECT anonymous_id, customer_id FROM {identity_links.fullname} "
+    "WHERE anonymous_id = ANY($1::text[])"
+)
+
+
+async def add_links(session: AsyncSession, links: Sequence[tuple[str, str]]) -> None:
+    """(anonymous id, customer id) pairs; an anonymous id linked already keeps its link."""
+    if links:
+        anonymous, known = zip(*links, strict=True)
+        await (await _driver(session)).execute(_ADD_LINKS, list(anonymous), list(known))
+
+
+_ADD_LINKS = (
+    f"INSERT INTO {identity_links.fullname} (anonymous_id, customer_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
+)
+
+
+async def linked_ids(session: AsyncSession, customer_id: str) -> list[tuple[str, datetime]]:
+    """The anonymous ids merged into a customer, with when, oldest first."""
+    i = identity_links
+    rows = await session.execute(
+        sa.select(i.c.anonymous_id, i.c.linked_at)
+        .where(i.c.customer_id == customer_id)
+        .order_by(i.c.linked_at, i.c.anonymous_id)
+    )
+    return [(r.anonymous_id, r.linked_at) for r in rows]
+
+
+async def delete_customers(session: AsyncSession, ids: Sequence[str]) -> None:
+    """Everything held under these ids: inputs, history and the customer row (with its
+    timer)."""
+    if ids:
+        driver = await _driver(session)
+        for table in (inputs, transitions, customers):
+            await driver.execute(
+                f"DELETE FROM {table.fullname} WHERE customer_id = ANY($1::text[])", list(ids)
+            )
 
 
 # -- transitions ---------------------------------------------------------------------
