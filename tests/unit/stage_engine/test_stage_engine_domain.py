@@ -453,3 +453,46 @@ def test_segment_activity_of_any_name_counts_as_web_activity_and_links_change_no
     assert tl.fold().facts(tracked.at)["last_web_activity_at"] == datetime(
         2026, 1, 1, 10, tzinfo=UTC
     )
+
+
+def test_named_events_are_counted_per_window_and_rules_can_move_customers_on_them() -> None:
+    viewed = [inp(d, "web.tracked", f"v{d}", name="Product Viewed") for d in (1, 70, 80, 95)]
+    inputs = sorted(
+        [*viewed, inp(96, "web.tracked", "c1", name="Cart Viewed")], key=lambda i: i.order
+    )
+    f = facts_at(inputs, at(100))
+    assert f["tracked_30d"] == {"Product Viewed": 2, "Cart Viewed": 1}
+    assert f["tracked_90d"] == {"Product Viewed": 3, "Cart Viewed": 1}
+    assert f["tracked_total"] == {"Product Viewed": 4, "Cart Viewed": 1}
+    assert facts_at(inputs, at(200))["tracked_30d"] == {}  # counts leave the window with time
+    assert facts_at([], at(0))["tracked_365d"] == {}
+
+    engaged = '"Product Viewed" in tracked_30d && tracked_30d["Product Viewed"] >= 2'
+    model = compile_model(
+        ModelSpec(("prospect", "active"), (Rule("engaged", "active", engaged),)), 2
+    )
+    tl = Timeline("c-1")
+    advance(tl, model, inputs[:1], at(1))
+    assert tl.stage is None  # one view: no rule holds
+    advance(tl, model, inputs[1:3], at(81))
+    assert tl.stage == "active"
+
+    # Read without a guard, a name the customer never sent would fail every evaluation.
+    with pytest.raises(ModelError) as err:
+        unguarded = Rule("r", "active", 'tracked_30d["Product Viewed"] >= 2')
+        compile_model(ModelSpec(("prospect", "active"), (unguarded,)), 2)
+    assert "'Product Viewed' in tracked_" in err.value.errors[0][1], err.value.errors
+
+
+def test_a_customer_counts_a_bounded_number_of_event_names() -> None:
+    from clm_stage_engine.domain.facts import MAX_TRACKED_NAMES
+
+    names = [inp(1, "web.tracked", f"e{n:04}", name=f"Viewed {n:04}") for n in range(500)]
+    acc = Accumulator()
+    for i in sorted(names, key=lambda i: i.order):
+        acc.add(i)
+    acc.add(inp(2, "web.tracked", "again", name="Viewed 0000"))
+    counts = acc.facts(at(3))["tracked_total"]
+    assert len(counts) == MAX_TRACKED_NAMES and counts["Viewed 0000"] == 2
+    restored = Accumulator.from_json(json.loads(json.dumps(acc.to_json())))
+    assert restored is not None and restored.facts(at(3)) == acc.facts(at(3))

@@ -36,6 +36,13 @@ FACTS: dict[str, tuple[str, str]] = {
     "open_ticket_max_priority": ("string", "none, low, normal, high or urgent"),
     "latest_nps": ("int?", "the latest NPS score, 0-10"),
     "last_web_activity_at": ("timestamp?", "time of the latest web event"),
+    # Named `web.tracked` events ("Product Viewed"): a map from name to count. A name with
+    # no event in the window is absent, so test it first:
+    # `"Product Viewed" in tracked_30d && tracked_30d["Product Viewed"] >= 3`.
+    "tracked_30d": ("map", "web.tracked events in the last 30 days, by event name"),
+    "tracked_90d": ("map", "web.tracked events in the last 90 days, by event name"),
+    "tracked_365d": ("map", "web.tracked events in the last 365 days, by event name"),
+    "tracked_total": ("map", "web.tracked events ever, by event name"),
     "email": ("string?", "trait"),
     "name": ("string?", "trait"),
     "timezone": ("string?", "trait: IANA time zone, e.g. Europe/Berlin"),

@@ -28,8 +28,13 @@ ANCHORS = frozenset({k.PURCHASE, k.INVOICE_PAID, k.SUBSCRIPTION_STARTED, k.SUBSC
 # The facts evaluated under the served score model rather than folded.
 SCORE_FACTS = ("clv", "churn_probability", "clv_top_decile")
 _NO_SCORES = dict.fromkeys(SCORE_FACTS)
+# Distinct web.tracked names counted per customer: a producer sending a new name with
+# every event (an id in the name) must not grow the stored fold without bound.
+MAX_TRACKED_NAMES = 100
+_TRACKED_WINDOWS = tuple((days, f"tracked_{days}d") for days in WINDOWS_DAYS)
+_NO_TRACKED: dict[str, dict[str, int]] = {name: {} for _, name in _TRACKED_WINDOWS}
 # Bumped whenever the stored fold changes shape: an older fold is rebuilt from the inputs.
-FOLD_FORMAT = 2
+FOLD_FORMAT = 3
 
 
 class Accumulator:
@@ -44,6 +49,7 @@ class Accumulator:
         self._tickets: dict[str, list[Any]] = {}  # id -> [priority | None, resolved]
         self._nps: int | None = None
         self._web_at: int | None = None
+        self._tracked: dict[str, list[int]] = {}  # web.tracked name -> times, in order
         self._traits: dict[str, str] = {}
         self.anchored = False
         # purchase.completed orders, as scoring sees them: order -> [day or None (only a
@@ -75,6 +81,7 @@ class Accumulator:
             self._traits,
             self.anchored,
             self._orders,
+            self._tracked,
         ]
 
     @classmethod
@@ -98,6 +105,7 @@ class Accumulator:
             acc._traits,
             acc.anchored,
             acc._orders,
+            acc._tracked,
         ) = raw
         acc._subscriptions = {sid: (kind, at) for sid, (kind, at) in subscriptions.items()}
         return acc
@@ -130,6 +138,13 @@ class Accumulator:
             self._tickets.setdefault(str(d["ticket"]), [None, False])[1] = True
         elif kind == k.NPS:
             self._nps = int(d["score"])
+        elif kind == k.TRACKED:
+            name = str(d["name"])
+            times = self._tracked.get(name)
+            if times is not None:
+                times.append(i.at)
+            elif len(self._tracked) < MAX_TRACKED_NAMES:
+                self._tracked[name] = [i.at]
         if kind.startswith("web."):
             self._web_at = i.at if self._web_at is None else max(self._web_at, i.at)
             self._traits.update(d.get("traits") or {})
@@ -164,6 +179,11 @@ class Accumulator:
         f["days_since_subscription_cancelled"] = (
             (now - cancelled) / US_PER_DAY if cancelled is not None else None
         )
+        if self._tracked:  # a name with no event in the window is absent, as in "ever"
+            for days, name in _TRACKED_WINDOWS:
+                cut = now - days * US_PER_DAY
+                counts = {n: len(ts) - bisect_right(ts, cut) for n, ts in self._tracked.items()}
+                f[name] = {n: c for n, c in counts.items() if c}
         return f
 
     def _static_facts(self) -> dict[str, Any]:
@@ -209,6 +229,9 @@ class Accumulator:
             )
         f["latest_nps"] = self._nps
         f["last_web_activity_at"] = from_us(self._web_at) if self._web_at is not None else None
+        f["tracked_total"] = {n: len(ts) for n, ts in self._tracked.items()}
+        if not self._tracked:
+            f.update(_NO_TRACKED)
         traits = self._traits
         f.update({name: traits.get(name) for name in k.TRAITS} if traits else _NO_TRAITS)
         f.update(_NO_SCORES)  # evaluated on demand: see score_fact and with_scores

@@ -27,6 +27,7 @@ NPS = "support.nps_submitted"
 SIGNED_UP = "web.signed_up"
 IDENTIFIED = "web.identified"
 PAGE_VIEWED = "web.page_viewed"
+TRACKED = "web.tracked"
 # Stored by earlier releases, which took scores as inputs; ignored when read back (the
 # stage engine evaluates scores itself, see domain.facts).
 SCORE = "lifecycle.score_updated"

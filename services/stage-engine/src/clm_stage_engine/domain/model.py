@@ -122,6 +122,7 @@ _SAMPLE_VALUES = {
     "double?": 1.0,
     "string": "",
     "string?": "x",
+    "map": {},
 }
 
 
@@ -129,7 +130,7 @@ def _samples(stages: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
     """Activations every rule must evaluate on without error: one with every optional
     fact null (a brand-new customer), one with every fact present."""
     full = {name: _SAMPLE_VALUES[kind] for name, (kind, _) in VARIABLES.items()}
-    zero = {"int": 0, "double": 0.0, "string": ""}
+    zero: dict[str, Any] = {"int": 0, "double": 0.0, "string": "", "map": {}}
     empty = {
         name: None if kind.endswith("?") else zero[kind] for name, (kind, _) in VARIABLES.items()
     }
@@ -212,7 +213,7 @@ class CompiledModel:
         try:
             target = self._chain.execute(self._context)
             return (target or None), []
-        except (RuntimeError, TypeError, ValueError):
+        except (LookupError, RuntimeError, TypeError, ValueError):
             pass
         finally:
             values.scores = None
@@ -228,7 +229,7 @@ class CompiledModel:
             try:
                 if program.execute(activation) is True:
                     return rule.to, failed
-            except (RuntimeError, TypeError, ValueError):
+            except (LookupError, RuntimeError, TypeError, ValueError):
                 failed.append(rule.name)
         return None, failed
 
@@ -288,6 +289,15 @@ def compile_model(
         for label, sample in _samples(spec.stages):
             try:
                 result = program.execute(sample)
+            except KeyError as exc:  # a tracked_* map without the name
+                errors.append(
+                    (
+                        f"{path}.when",
+                        f"fails to evaluate when {label}: no event named {exc}; "
+                        f"test it first with {exc} in tracked_...",
+                    )
+                )
+                break
             except (RuntimeError, TypeError, ValueError) as exc:
                 errors.append((f"{path}.when", f"fails to evaluate when {label}: {exc}"))
                 break
