@@ -34,6 +34,18 @@ customers = sa.Table(
     sa.Column("repeat_spend", sa.Numeric, nullable=False),
 )
 
+# Each anonymous id merged into a known customer (the first link wins), so that the
+# anonymous id's purchases and refunds arriving later count for the customer.
+identity_links = sa.Table(
+    "identity_links",
+    metadata,
+    sa.Column("anonymous_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column(
+        "linked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
 scores = sa.Table(
     "scores",
     metadata,
