@@ -199,3 +199,16 @@ async def serving(
         finally:
             server.should_exit = True
             await task
+
+
+async def until(check: Any, what: str, timeout: float = 90.0) -> Any:
+    """Poll the async `check` until it returns something truthy (returned); fail naming
+    `what` and the last result after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
+        await asyncio.sleep(0.2)

@@ -5,7 +5,6 @@ evaluates are the ones scoring serves."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from kit import bearer, fresh_database, make_key, purchase, running
+from kit import bearer, fresh_database, make_key, purchase, running, until
 
 SOURCE = "shop/checkout"
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -74,17 +73,6 @@ async def _score_model(s: Services) -> dict[str, Any] | None:
     r = await s.stages.get("/v1/lifecycle-model", headers=s.read)
     model: dict[str, Any] | None = r.json().get("score_model")
     return model
-
-
-async def until(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
-        await asyncio.sleep(0.2)
 
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # one clock for every customer's orders

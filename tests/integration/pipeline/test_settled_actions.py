@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from kit import bearer, make_key, running, serving
+from kit import bearer, make_key, running, serving, until
 from segment.analytics import Client
 from typer.testing import CliRunner
 
@@ -93,17 +93,6 @@ async def pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Pipeline]
             bearer(await make_key(database_url, "admin")),
             await make_key(database_url, "source", "shop"),
         )
-
-
-async def until(check: Any, what: str, timeout: float = 90.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
-        await asyncio.sleep(0.2)
 
 
 def _final(rows: list[dict[str, Any]]) -> bool:
