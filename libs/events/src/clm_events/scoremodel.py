@@ -188,6 +188,10 @@ def _bgnbd(
 ) -> tuple[float, list[float]]:
     r, alpha, a, b = p["r"], p["alpha"], p["a"], p["b"]
     alive = _bgnbd_alive(p, x, t_x, T)
+    if abs(a - 1.0) < 1e-6:
+        # The expectation is continuous in `a`, but at a == 1 the formula is 0/0 (the
+        # hypergeometric term cancels the power): evaluate it just beside the point.
+        a = 1.0 + 1e-6
     head = (a + b + x - 1) / (a - 1) * alive
     log_at = math.log(alpha + T)
     # One call for every month end: scipy's per-call cost is most of a scalar call.
