@@ -56,7 +56,8 @@ async def admin_key(migrated: str) -> str:
 def on_topic(served: tuple[str, Any], bootstrap_servers: str) -> OnTopic:
     runtime = served[1]
 
-    async def read(domain: str, ids: Collection[str]) -> list[dict[str, Any]]:
-        return await events_with_ids(bootstrap_servers, runtime.topics.domain(domain), ids)
+    async def read(domain: str, ids: Collection[str], timeout: float = 15.0) -> list[Any]:
+        topic = runtime.topics.domain(domain)
+        return await events_with_ids(bootstrap_servers, topic, ids, timeout=timeout)
 
     return read
