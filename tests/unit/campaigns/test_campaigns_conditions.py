@@ -180,3 +180,52 @@ def test_a_refusal_is_reported_at_the_condition() -> None:
     error = caught.value.errors()[0]
     assert error["loc"] == ("condition",)
     assert "'paused' never matches" in error["msg"]
+
+
+def _tracked(name: str, **properties: Any) -> Occasion:
+    data = {"name": name, "properties": properties}
+    return Occasion("e3", "segment", "web.tracked", NOW, data)
+
+
+SHOES = 'event.name == "Product Viewed" && event.properties.category == "shoes"'
+
+
+@pytest.mark.parametrize(
+    ("event", "fires"),
+    [
+        (_tracked("Product Viewed", category="shoes", sku="boot-1"), True),
+        (_tracked("Product Viewed", category="hats"), False),
+        (_tracked("Product Viewed"), False),  # no such property: no match, no error
+        (_tracked("Cart Viewed", category="shoes"), False),
+    ],
+)
+def test_a_named_event_trigger_reads_the_name_and_properties(event: Occasion, fires: bool) -> None:
+    condition = compile_condition(SHOES)
+    state = CustomerState("c1")
+    assert condition.matches(condition_context(state, event, condition.reads)) is fires
+
+
+def _definition(on: dict[str, Any], condition: str) -> TriggerDefinition:
+    return TriggerDefinition.model_validate(
+        {
+            "name": "t",
+            "on": on,
+            "condition": condition,
+            "action": {"channel": "webhook", "url": "https://x.example/h", "payload": "{}"},
+        }
+    )
+
+
+def test_only_named_events_have_a_name_and_properties() -> None:
+    _definition({"kind": "event", "event_type": "web.tracked"}, SHOES)
+    for on in (
+        {"kind": "event", "event_type": "purchase.completed"},
+        {"kind": "transition", "to_stage": "at_risk"},
+    ):
+        with pytest.raises(ValidationError) as caught:
+            _definition(on, SHOES)
+        error = caught.value.errors()[0]
+        assert error["loc"] == ("condition",)
+        assert error["msg"].startswith("Value error, event.name: only web.tracked"), error
+    with pytest.raises(ValidationError, match="event.name is a string and 3"):
+        _definition({"kind": "event", "event_type": "web.tracked"}, "event.name == 3")

@@ -48,7 +48,11 @@ TYPES: dict[str, str] = {
     "event.subject": "string?",
     "event.time": "timestamp",
     "event.data": "map",  # the producer's payload: not typed here
+    # Named events (web.tracked, web.screen_viewed): "Product Viewed" and its properties.
+    "event.name": "string?",
+    "event.properties": "map",
 }
+NAMED_EVENTS = ("web.tracked", "web.screen_viewed")
 # Strings with a closed set of values (the stage engine's facts, the lifecycle stages).
 ENUMS: dict[str, tuple[str, ...]] = {
     "facts.subscription_status": ("none", "active", "cancelled"),

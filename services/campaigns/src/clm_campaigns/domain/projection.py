@@ -83,6 +83,10 @@ class Occasion:
             "type": self.event_type,
             "time": self.time.isoformat(),
             "data": self.data,
+            # A named event's name and properties at the top, as a marketer reads them:
+            # event.name == "Product Viewed" && event.properties.category == "shoes".
+            "name": name if isinstance(name := self.data.get("name"), str) else None,
+            "properties": p if isinstance(p := self.data.get("properties"), dict) else {},
         }
 
 

@@ -528,6 +528,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
         "type": "t",
         "time": "2026-01-01T00:00:00+00:00",
         "data": {},
+        "name": "Product Viewed",
+        "properties": {},
     },
     "action": {"id": "act_sample", "channel": "webhook"},
 }

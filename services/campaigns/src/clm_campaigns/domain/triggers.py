@@ -23,7 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from clm_campaigns.domain.conditions import Condition, ConditionError, compile_condition
+from clm_campaigns.domain.conditions import (
+    NAMED_EVENTS,
+    Condition,
+    ConditionError,
+    compile_condition,
+)
 from clm_campaigns.domain.templates import Template, TemplateProblem, compile_template
 from clm_events.catalog import EventType, Stage
 
@@ -267,10 +272,24 @@ class TriggerDefinition(_Strict):
     @classmethod
     def _condition(cls, value: str, info: ValidationInfo) -> str:
         try:
-            compile_condition(value, check_types=not _stored(info))
+            condition = compile_condition(value, check_types=not _stored(info))
         except ConditionError as exc:
             raise ValueError(str(exc)) from exc
+        on, fields = info.data.get("on"), condition.reads.get("event") or frozenset()
+        named = isinstance(on, OnEvent) and on.event_type.value in NAMED_EVENTS
+        for field in sorted(fields & {"name", "properties"}):
+            if not named and not _stored(info):
+                raise ValueError(
+                    f"event.{field}: only {' and '.join(NAMED_EVENTS)} events have a "
+                    f"{field}; this trigger fires on {_occasion(on)}"
+                )
         return value
+
+
+def _occasion(on: Any) -> str:
+    if isinstance(on, OnEvent):
+        return f"{on.event_type.value} events"
+    return f"{on.kind}s" if on is not None else "an invalid occasion"
 
 
 STORED = {"stored": True}  # validation context of a definition read back from the database
