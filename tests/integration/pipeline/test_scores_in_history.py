@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from kit import bearer, fresh_database, make_key, purchase, running, until
+from pipelinekit import stage_engine
 
 SOURCE = "shop/checkout"
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -46,14 +47,7 @@ class Services:
 async def services(database_url: str, bootstrap: str) -> AsyncIterator[Services]:
     prefix = f"sh{uuid.uuid4().hex[:8]}."
     async with (
-        running(
-            "clm_stage_engine",
-            database_url,
-            bootstrap,
-            topic_prefix=prefix,
-            timer_interval=0.2,
-            settle_seconds=2.0,
-        ) as (stages, _),
+        stage_engine(database_url, bootstrap, prefix) as (stages, _),
         running("clm_scoring", database_url, bootstrap, topic_prefix=prefix) as (scoring, _),
         running("clm_ingest", database_url, bootstrap, topic_prefix=prefix) as (ingest, _),
     ):

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from kit import bearer, make_key, running, serving, until
+from pipelinekit import stage_engine
 from segment.analytics import Client
 from typer.testing import CliRunner
 
@@ -70,14 +71,7 @@ class Pipeline:
 async def pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Pipeline]:
     prefix = f"pl{uuid.uuid4().hex[:8]}."
     async with (
-        running(
-            "clm_stage_engine",
-            database_url,
-            bootstrap,
-            topic_prefix=prefix,
-            timer_interval=0.2,
-            settle_seconds=2.0,  # these histories arrive within seconds
-        ) as (stages, _),
+        stage_engine(database_url, bootstrap, prefix) as (stages, _),
         running("clm_campaigns", database_url, bootstrap, topic_prefix=prefix, **ALLOW_LOCAL) as (
             campaigns,
             _,
