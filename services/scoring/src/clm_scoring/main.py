@@ -14,9 +14,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     jobs = Jobs(scorer, rt.sessions)
     rt.add_consumer(
         group_id=settings.group_id,
-        # purchase.completed and purchase.refunded share the purchase domain topic.
-        topics=[rt.topics.domain("purchase.completed")],
-        handler=handlers.purchase_handler(scorer),
+        # purchase.completed and purchase.refunded share the purchase domain topic;
+        # identity.linked travels on the web topic, whose other events are passed over.
+        topics=[rt.topics.domain("purchase.completed"), rt.topics.domain("identity.linked")],
+        handler=handlers.events_handler(scorer),
+        decode=handlers.decode,
     )
     rt.add_background("refit", jobs.refit_loop)
     rt.add_background("rescore", jobs.rescore_loop)

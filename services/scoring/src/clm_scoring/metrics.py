@@ -31,6 +31,13 @@ SCORES_PUBLISHED = Counter(
     "Scores published to clm.scores (material moves only), by trigger.",
     ["trigger"],
 )
+IDENTITY_MERGES = Counter(
+    "clm_scoring_identity_merges_total",
+    "identity.linked events applied, by outcome: merged (orders held under the anonymous id "
+    "moved to the customer), linked (nothing held yet; later purchases follow the link), "
+    "refused (the anonymous id is linked to another customer already).",
+    ["outcome"],
+)
 CHURN_PROBABILITY = Histogram(
     "clm_scoring_churn_probability",
     "Churn probability of each computed score.",

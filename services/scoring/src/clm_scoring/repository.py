@@ -11,16 +11,19 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_scoring.domain.arrays import Floats, Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport
 from clm_scoring.domain.scores import Policy
 from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
-from clm_scoring.models import customers, model_versions, orders, scores
+from clm_scoring.models import customers, identity_links, model_versions, orders, scores
 
 REFIT_LOCK = zlib.crc32(b"clm-scoring:refit")
+# Advisory locks live in one key space for the whole database: the seed keeps scoring's
+# locks on customer ids apart from other services' locks on the same ids.
+ID_LOCK_SEED = zlib.crc32(b"clm-scoring:identity")
 
 
 # -- orders and histories -------------------------------------------------------------
@@ -102,6 +105,87 @@ async def save_histories(
             ),
             rows,
         )
+
+
+# -- identity links -------------------------------------------------------------------
+
+
+async def lock_ids(session: AsyncSession, ids: Iterable[str]) -> None:
+    """Hold these customer ids for this transaction, in one sorted order so two writers
+    never deadlock on them. A row lock cannot guard an id with no row yet, and an
+    anonymous id's first purchase must not race the link that merges it."""
+    if ids := sorted(set(ids)):
+        await session.execute(_LOCK_IDS, {"ids": ids, "seed": ID_LOCK_SEED})
+
+
+_LOCK_IDS = sa.text(
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(id, :seed) AS k "
+    "FROM unnest(:ids) AS id ORDER BY k) AS ids"
+).bindparams(sa.bindparam("ids", type_=ARRAY(sa.Text)), sa.bindparam("seed", type_=sa.BigInteger))
+
+
+async def links_of(session: AsyncSession, ids: Iterable[str]) -> dict[str, str]:
+    """The known customer each of these ids is a merged anonymous id of (those that are)."""
+    if not (ids := sorted(set(ids))):
+        return {}
+    i = identity_links.c
+    rows = await session.execute(
+        sa.select(i.anonymous_id, i.customer_id).where(i.anonymous_id.in_(ids))
+    )
+    return {r.anonymous_id: r.customer_id for r in rows}
+
+
+async def add_links(session: AsyncSession, links: Mapping[str, str]) -> None:
+    """Anonymous id -> customer id; an anonymous id linked already keeps its link."""
+    if links:
+        rows = [{"anonymous_id": a, "customer_id": c} for a, c in sorted(links.items())]
+        await session.execute(insert(identity_links).on_conflict_do_nothing(), rows)
+
+
+async def move_orders(session: AsyncSession, links: Mapping[str, str]) -> set[str]:
+    """Move each anonymous id's orders to its customer (anonymous id -> customer id); an
+    order both hold meets in one row, as if all its events had carried the customer id:
+    a purchase's day and amount, and the sum of the refunds. Returns the anonymous ids
+    that had orders."""
+    if not links:
+        return set()
+    anonymous, known = zip(*sorted(links.items()), strict=True)
+    rows = await session.execute(_MOVE_ORDERS, {"anonymous": anonymous, "known": known})
+    return {r.anonymous_id for r in rows}
+
+
+# Grouped before the insert: two anonymous ids merging into one customer in a batch may
+# hold the same order, and one statement cannot update a row twice.
+_MOVE_ORDERS = sa.text(
+    f"""
+    WITH moved AS (
+        DELETE FROM {orders.fullname} AS o
+        USING unnest(:anonymous, :known) AS l(anonymous_id, customer_id)
+        WHERE o.customer_id = l.anonymous_id
+        RETURNING l.anonymous_id, l.customer_id, o.order_id, o.purchased_on, o.amount,
+            o.refunded
+    ), merged AS (
+        INSERT INTO {orders.fullname} AS o (customer_id, order_id, purchased_on, amount, refunded)
+        SELECT customer_id, order_id, max(purchased_on), max(amount), sum(refunded)
+        FROM moved GROUP BY customer_id, order_id
+        ON CONFLICT (customer_id, order_id) DO UPDATE SET
+            purchased_on = coalesce(o.purchased_on, excluded.purchased_on),
+            amount = coalesce(o.amount, excluded.amount),
+            refunded = o.refunded + excluded.refunded
+    )
+    SELECT DISTINCT anonymous_id FROM moved
+    """
+).bindparams(
+    sa.bindparam("anonymous", type_=ARRAY(sa.Text)), sa.bindparam("known", type_=ARRAY(sa.Text))
+)
+
+
+async def delete_customers(session: AsyncSession, ids: Iterable[str]) -> None:
+    """The histories and scores of these ids (their orders are moved first). The history
+    goes first: a rescore page holding it locks it before it writes the score."""
+    if ids := sorted(set(ids)):
+        await session.execute(customers.delete().where(customers.c.customer_id.in_(ids)))
+        await session.execute(scores.delete().where(scores.c.customer_id.in_(ids)))
 
 
 # -- scores ---------------------------------------------------------------------------
