@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit import bearer, make_key, produce, purchase, running
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -219,6 +220,14 @@ async def test_an_anonymous_purchase_racing_its_link_is_not_left_behind(sessions
             assert [o[0] for o in state["orders"]] == ["o"] and state["score"] is not None
 
 
+async def _poll(check: Any, what: str, timeout: float = 30.0) -> Any:
+    for _ in range(int(timeout / 0.2)):
+        if result := await check():
+            return result
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def _merges(outcome: str) -> float:
     value = REGISTRY.get_sample_value("clm_scoring_identity_merges_total", {"outcome": outcome})
     return value or 0.0
@@ -247,3 +256,49 @@ async def test_a_second_customer_for_the_same_anonymous_id_is_refused_and_counte
         assert await _state(s, second) == {"orders": [], "history": [], "score": None}
     after = {k: _merges(k) - before[k] for k in before}
     assert after == {"merged": 1, "linked": 0, "refused": 1}
+
+
+async def test_a_merged_anonymous_id_answers_with_its_customer_s_score(
+    migrated: str, bootstrap_servers: str
+) -> None:
+    """Through the broker: guest purchases on the purchase topic, then a page view and the
+    link on the web topic; the anonymous id's score is then the customer's."""
+    key = await make_key(migrated, "read")
+    u = uuid.uuid4().hex[:8]
+    anon, known = f"anon-{u}", f"known-{u}"
+    now = datetime.now(UTC)
+    async with running("clm_scoring", migrated, bootstrap_servers) as (client, runtime):
+        topics = runtime.topics
+        guest = [
+            purchase(anon, f"g{n}-{u}", "30.00", time=(now - timedelta(days=d)).isoformat())
+            for n, d in enumerate((40, 20))
+        ]
+        await produce(bootstrap_servers, topics.domain("purchase.completed"), guest)
+
+        async def scored(customer: str) -> dict[str, Any] | None:
+            r = await client.get(f"/v1/customers/{customer}/score", headers=bearer(key))
+            return r.json() if r.status_code == 200 else None
+
+        await _poll(lambda: scored(anon), f"{anon}'s score")
+        own = purchase(known, f"k-{u}", "50.00", time=(now - timedelta(days=5)).isoformat())
+        await produce(bootstrap_servers, topics.domain("purchase.completed"), [own])
+        web = [
+            _event(anon, f"pv-{u}", "web.page_viewed", 0, url="/"),
+            _event(known, f"link-{u}", "identity.linked", 1, anonymous_id=anon),
+        ]
+        await produce(bootstrap_servers, topics.domain("identity.linked"), web)
+
+        async def merged() -> dict[str, Any] | None:
+            body = await scored(anon)
+            if body and body["customer_id"] == known and body["summary"]["repeat_purchases"] == 2:
+                return body
+            return None
+
+        body = await _poll(merged, f"{anon} to answer as {known}")
+        direct = await scored(known)
+        metrics = (await client.get("/metrics")).text
+
+    assert body["requested_id"] == anon
+    assert direct is not None and "requested_id" not in direct
+    assert {k: v for k, v in body.items() if k != "requested_id"} == direct
+    assert 'clm_scoring_identity_merges_total{outcome="merged"}' in metrics

@@ -25,12 +25,15 @@ def _jobs(request: Request) -> Jobs:
 @router.get("/customers/{customer_id}/score")
 async def customer_score(customer_id: CustomerId, request: Request, _: ReadKey) -> dict[str, Any]:
     """The customer's latest score: P(alive), churn probability, expected purchases and
-    spend over the horizon, CLV, and the summary it was computed from."""
+    spend over the horizon, CLV, and the summary it was computed from. A merged anonymous
+    id answers with the customer it was merged into."""
     jobs = _jobs(request)
     async with jobs.sessions() as session:
+        merged_into = (await repository.links_of(session, [customer_id])).get(customer_id)
+        requested, customer_id = customer_id, merged_into or customer_id
         row = await repository.score_of(session, customer_id)
     if row is None:
-        raise HTTPException(404, f"customer_id: no purchases recorded for {customer_id!r}")
+        raise HTTPException(404, f"customer_id: no purchases recorded for {requested!r}")
     days = row.last_purchase_on - row.first_purchase_on
     return {
         "customer_id": customer_id,
@@ -50,6 +53,7 @@ async def customer_score(customer_id: CustomerId, request: Request, _: ReadKey) 
             "last_purchase_on": row.last_purchase_on,
             "days_between_first_and_last": days.days,
         },
+        **({"requested_id": requested} if requested != customer_id else {}),
     }
 
 
