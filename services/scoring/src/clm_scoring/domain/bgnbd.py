@@ -147,11 +147,17 @@ def p_alive(params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> 
     return np.asarray(expit(-_log_odds_dropped(params, xa, ta, Ta)), dtype=np.float64)
 
 
+def _beside_one(a: float) -> float:
+    """`a` itself, or just beside 1: the expectations are continuous in `a`, but their
+    closed forms are 0/0 at a == 1 (the hypergeometric term cancels the power)."""
+    return 1.0 + 1e-6 if abs(a - 1.0) < 1e-6 else a
+
+
 def conditional_expected_purchases(
     params: BgNbdParams, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
 ) -> Floats:
     """E[purchases in (T, T + t] | x, t_x, T]: the paper's equation (10)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    r, alpha, a, b = params.r, params.alpha, _beside_one(params.a), params.b
     ta, xa, txa, Ta = (np.asarray(v, dtype=np.float64) for v in (t, x, t_x, T))
     z = ta / (alpha + Ta + ta)
     log_ratio = (r + xa) * (np.log(alpha + Ta) - np.log(alpha + Ta + ta))
@@ -162,7 +168,7 @@ def conditional_expected_purchases(
 
 def expected_purchases(params: BgNbdParams, t: ArrayLike) -> Floats:
     """E[X(t)]: repeat purchases of a new customer in (0, t], the paper's equation (7)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    r, alpha, a, b = params.r, params.alpha, _beside_one(params.a), params.b
     ta = np.asarray(t, dtype=np.float64)
     bracket = 1.0 - (alpha / (alpha + ta)) ** r * hyp2f1(r, b, a + b - 1, ta / (alpha + ta))
     return np.asarray((a + b - 1) / (a - 1) * bracket, dtype=np.float64)
