@@ -34,6 +34,7 @@ from clm_scoring.jobs import Scorer
 
 T0 = datetime(2026, 6, 1, 10, tzinfo=UTC)
 AS_OF = date(2026, 9, 1)
+TAG = "idm-"  # every id these tests make starts with it
 SCORE_COLUMNS = ("p_alive", "churn_probability", "expected_purchases", "expected_spend", "clv")
 
 
@@ -87,8 +88,16 @@ def _story(anon: str, known: str, orders: list[Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def sessions(migrated: str) -> AsyncIterator[Any]:
+    """Sessions on the test database. The ids these tests score are deleted afterwards:
+    refits in other tests fit on every customer stored, and random histories left behind
+    would move the model those tests expect."""
     engine: AsyncEngine = db.create_engine(migrated)
     yield db.session_factory(engine)
+    async with engine.begin() as conn:
+        for table in (models.orders, models.customers, models.scores):
+            await conn.execute(table.delete().where(table.c.customer_id.like(f"{TAG}%")))
+        links = models.identity_links
+        await conn.execute(links.delete().where(links.c.customer_id.like(f"{TAG}%")))
     await engine.dispose()
 
 
@@ -161,7 +170,7 @@ async def test_a_merged_customer_is_scored_as_if_one_id_had_been_used_throughout
     sessions: Any, orders: list[Any], order: Any, cuts: list[int]
 ) -> None:
     u = uuid.uuid4().hex[:8]
-    anon, known, reference = f"anon-{u}", f"known-{u}", f"ref-{u}"
+    anon, known, reference = f"{TAG}anon-{u}", f"{TAG}known-{u}", f"{TAG}ref-{u}"
     scorer = _scorer(f"t{u}.")
     events = _story(anon, known, orders)
     # The reference: the same events, every one under the known id, in one batch.
@@ -169,7 +178,7 @@ async def test_a_merged_customer_is_scored_as_if_one_id_had_been_used_throughout
     same = [{**e, "subject": reference} for e in events]
     for e in same:
         if e["type"] == "identity.linked":
-            e["data"] = {"anonymous_id": f"ref-anon-{u}"}
+            e["data"] = {"anonymous_id": f"{TAG}ref-anon-{u}"}
     await _consume(scorer, sessions, f"ref-{u}", same)
     # Shuffled, one replayed, split into batches at random points.
     arrivals = [*events, events[order.randrange(len(events))]]
@@ -204,7 +213,7 @@ async def test_an_anonymous_purchase_racing_its_link_is_not_left_behind(sessions
     scorer = _scorer("race.")
     for n in range(12):
         u = uuid.uuid4().hex[:8]
-        anon, known = f"race-anon-{u}", f"race-known-{u}"
+        anon, known = f"{TAG}race-anon-{u}", f"{TAG}race-known-{u}"
         buy = _event(anon, f"b-{u}", "purchase.completed", 1, order_id="o", amount="9")
         buy["data"]["currency"] = "EUR"
         link = _event(known, f"l-{u}", "identity.linked", 2, anonymous_id=anon)
@@ -237,7 +246,7 @@ async def test_a_second_customer_for_the_same_anonymous_id_is_refused_and_counte
     sessions: Any,
 ) -> None:
     u = uuid.uuid4().hex[:8]
-    anon, first, second = f"anon-{u}", f"first-{u}", f"second-{u}"
+    anon, first, second = f"{TAG}anon-{u}", f"{TAG}first-{u}", f"{TAG}second-{u}"
     scorer = _scorer(f"t{u}.")
     before = {k: _merges(k) for k in ("merged", "linked", "refused")}
     buy = _event(anon, "b1", "purchase.completed", 1, order_id="o1", amount="9", currency="EUR")
@@ -259,13 +268,13 @@ async def test_a_second_customer_for_the_same_anonymous_id_is_refused_and_counte
 
 
 async def test_a_merged_anonymous_id_answers_with_its_customer_s_score(
-    migrated: str, bootstrap_servers: str
+    migrated: str, bootstrap_servers: str, sessions: Any
 ) -> None:
     """Through the broker: guest purchases on the purchase topic, then a page view and the
     link on the web topic; the anonymous id's score is then the customer's."""
     key = await make_key(migrated, "read")
     u = uuid.uuid4().hex[:8]
-    anon, known = f"anon-{u}", f"known-{u}"
+    anon, known = f"{TAG}anon-{u}", f"{TAG}known-{u}"
     now = datetime.now(UTC)
     async with running("clm_scoring", migrated, bootstrap_servers) as (client, runtime):
         topics = runtime.topics
