@@ -29,7 +29,7 @@ from clm_campaigns.domain.triggers import (
 )
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Entry
-from clm_events.catalog import LifecycleTransitionRetracted
+from clm_events.catalog import LifecycleCustomersMerged, LifecycleTransitionRetracted
 from clm_events.consumer import Delivery
 from clm_events.envelope import Event, new_event
 from clm_events.outbox import add_events
@@ -133,6 +133,48 @@ def _retract(
     ]
 
 
+def _merges(deliveries: Sequence[Delivery]) -> list[tuple[str, str]]:
+    """(customer, anonymous id) of the identity merges a batch announces."""
+    return [
+        (d.event.subject, d.event.data.anonymous_id)
+        for d in deliveries
+        if isinstance(d.event.data, LifecycleCustomersMerged)
+    ]
+
+
+def _merge_batch(
+    known: str,
+    anonymous: str,
+    rows: list[dict[str, Any]],
+    contacts: dict[str, list[PastContact]],
+    acted: dict[str, list[Entry]],
+    triggers: dict[str, CompiledTrigger],
+) -> None:
+    """What this batch recorded for the anonymous id before its merge becomes the
+    customer's, as the repository does for earlier batches: its pending actions of
+    transitions are retracted, the rest count for the customer."""
+
+    def retracted(trigger_id: str, entry: str | None, status: str) -> bool:
+        trigger = triggers.get(trigger_id)
+        rechecks = trigger is None or trigger.definition.recheck.transition
+        of_transition = not (entry or "event:").startswith("event:")
+        return status == "pending" and of_transition and rechecks
+
+    past = contacts.pop(anonymous, [])
+    for r in rows:
+        if r["customer_id"] == anonymous:
+            r["customer_id"] = known
+            if retracted(r["trigger_id"], r["entry_key"], r["status"]):
+                r.update(status="suppressed", suppressed_reason="retracted")
+                # No longer a contact (_action counted it as one while it was pending).
+                sent = PastContact(r["trigger_id"], r["created_at"])
+                if sent in past:
+                    past.remove(sent)
+    contacts.setdefault(known, []).extend(past)
+    moved = [a for a in acted.pop(anonymous, []) if not retracted(a.trigger_id, a.key, a.status)]
+    acted.setdefault(known, []).extend(moved)
+
+
 def new_action_id() -> str:
     return f"act_{uuid.uuid4().hex}"
 
@@ -178,6 +220,7 @@ class Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)  # actions, as repository rows
     purchases: list[tuple[str, datetime]] = field(default_factory=list)
     retracted: list[str] = field(default_factory=list)  # causes it retracted, in order
+    merged: list[str] = field(default_factory=list)  # anonymous ids merged into customers
 
 
 @dataclass
@@ -194,12 +237,16 @@ class Campaigns:
         now = datetime.now(UTC)
         compiled = await self.triggers.enabled(session)
         ids = sorted({d.event.subject for d in deliveries})
-        states = await repository.load_customers(session, ids)
-        # Earlier batches' pending actions of transitions this batch retracts are
-        # suppressed first, and only then are the entries read: an action the dispatcher
-        # claimed meanwhile is not suppressed, so it must count as the entry's message.
+        merges = _merges(deliveries)
+        states = await repository.load_customers(session, sorted({*ids, *(a for _, a in merges)}))
+        # Earlier batches' pending actions of transitions this batch retracts (or of
+        # anonymous ids it merges) are suppressed first, and only then are the entries
+        # read: an action the dispatcher claimed meanwhile is not suppressed, so it must
+        # count as the entry's message. A merged anonymous id's actions are read as the
+        # customer's.
         keep = [t.id for t in compiled if not t.definition.recheck.transition]
         gone = await repository.suppress_retracted(session, _retractions(deliveries), keep)
+        gone += await repository.merge_identities(session, merges, keep)
         contacts: dict[str, list[PastContact]] = {}
         acted: dict[str, list[Entry]] = {}
         if compiled:
@@ -221,7 +268,7 @@ class Campaigns:
             + [Fired(g.id, g.customer_id, g.trigger_id, g.channel, "suppressed") for g in gone],
         )
         await repository.record_conversions(session, batch.purchases)
-        self._after_commit(session, batch.rows, retracted=len(gone))
+        self._after_commit(session, batch.rows, retracted=len(gone), merged=len(batch.merged))
 
     def decide(
         self,
@@ -249,6 +296,12 @@ class Campaigns:
             )
             if e.type == "purchase.completed":
                 batch.purchases.append((e.subject, e.time))
+            if isinstance(e.data, LifecycleCustomersMerged):
+                anonymous = e.data.anonymous_id
+                if anonymous in states:
+                    projection.merge(state, states.pop(anonymous))
+                _merge_batch(e.subject, anonymous, batch.rows, contacts, acted, by_id)
+                batch.merged.append(anonymous)
             if e.type == "lifecycle.transition_retracted" and occasion.transition_id:
                 cause = f"{e.source}/{occasion.transition_id}"
                 batch.retracted.append(cause)
@@ -397,7 +450,12 @@ class Campaigns:
         return row
 
     def _after_commit(
-        self, session: AsyncSession, rows: list[dict[str, Any]], *, retracted: int = 0
+        self,
+        session: AsyncSession,
+        rows: list[dict[str, Any]],
+        *,
+        retracted: int = 0,
+        merged: int = 0,
     ) -> None:
         counts = Counter((r["trigger_id"], r["channel"], r["status"]) for r in rows)
         suppressed = Counter(r["suppressed_reason"] for r in rows if r["suppressed_reason"])
@@ -414,6 +472,7 @@ class Campaigns:
                 metrics.SUPPRESSIONS.labels(reason).inc(n)
             for reason, n in deferred.items():
                 metrics.DEFERRALS.labels(reason).inc(n)
+            metrics.IDENTITY_MERGES.inc(merged)
             if wake is not None and rows:
                 wake()
 

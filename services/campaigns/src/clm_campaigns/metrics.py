@@ -45,3 +45,7 @@ RETRIES = Counter(
     "Delivery attempts that failed and were scheduled again, by channel.",
     ["channel"],
 )
+IDENTITY_MERGES = Counter(
+    "clm_campaigns_identity_merges_total",
+    "Anonymous ids merged into a known customer (lifecycle.customers_merged applied).",
+)

@@ -405,6 +405,45 @@ _RETRACT = (
 )
 
 
+async def merge_identities(
+    session: AsyncSession, merges: Sequence[tuple[str, str]], keep: Sequence[str]
+) -> list[Retracted]:
+    """(customer, anonymous id) pairs: the anonymous id's actions become the customer's,
+    so re-entry control, caps and cooldowns count them. Its pending actions of transitions
+    are suppressed as retracted first (the stage engine retracts every transition of a
+    merged anonymous id), except those of the triggers in `keep`. Its projection row is
+    dropped (the caller folded it into the customer's). A second run finds nothing."""
+    if not merges:
+        return []
+    params = {"known": [k for k, _ in merges], "anonymous": [a for _, a in merges]}
+    gone = await session.execute(
+        _RETRACT_MERGED, {"anonymous": params["anonymous"], "keep": list(keep)}
+    )
+    await session.execute(_REKEY_ACTIONS, params)
+    await session.execute(_DROP_CUSTOMERS, {"ids": params["anonymous"]})
+    return [Retracted(*r) for r in gone]
+
+
+_RETRACT_MERGED = (
+    actions.update()
+    .where(
+        actions.c.customer_id == sa.any_(sa.bindparam("anonymous", type_=ARRAY(sa.Text))),
+        actions.c.status == "pending",
+        # A transition's action (`<stage>#<n>` or `transition:<id>`), not an event's.
+        sa.func.coalesce(actions.c.entry_key, "event:").not_like("event:%"),
+        sa.not_(actions.c.trigger_id == sa.any_(sa.bindparam("keep", type_=ARRAY(sa.Text)))),
+    )
+    .values(status="suppressed", suppressed_reason="retracted", due_at=sa.func.now())
+    .returning(actions.c.id, actions.c.customer_id, actions.c.trigger_id, actions.c.channel)
+)
+_REKEY_ACTIONS = sa.text("""
+    UPDATE campaigns.actions a SET customer_id = m.known
+    FROM unnest(CAST(:known AS text[]), CAST(:anonymous AS text[])) AS m(known, anonymous)
+    WHERE a.customer_id = m.anonymous
+""")
+_DROP_CUSTOMERS = customers.delete().where(customers.c.customer_id == _IDS)
+
+
 ACTION_COLUMNS = (
     "id", "trigger_id", "trigger_version", "customer_id", "channel", "status",
     "suppressed_reason", "deferred_reason", "target", "payload", "cause_event", "cause_time",

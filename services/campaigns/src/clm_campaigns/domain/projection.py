@@ -170,3 +170,22 @@ def apply(
         data=data,
         **occasion_kwargs,
     )
+
+
+def merge(known: CustomerState, anonymous: CustomerState) -> None:
+    """Fold what was known of an anonymous visitor into the customer they turned out to
+    be: the customer's own traits and scores win, the visitor's fill the gaps, purchases
+    are joined. Stage and facts are left alone: the stage engine publishes the customer's
+    rebuilt transitions right after the merge, and retracts the visitor's. Merging twice
+    changes nothing."""
+    for key, value in anonymous.traits.items():
+        if known.traits.get(key) is None and value is not None:
+            _merge_traits(known, {key: value})
+    if not known.scores and anonymous.scores:
+        known.scores, known.scores_at = dict(anonymous.scores), anonymous.scores_at
+    orders = {p.get("order_id") for p in known.recent_purchases}
+    joined = known.recent_purchases + [
+        p for p in anonymous.recent_purchases if p.get("order_id") not in orders
+    ]
+    joined.sort(key=lambda p: str(p.get("time")), reverse=True)
+    known.recent_purchases = joined[:RECENT_PURCHASES]
