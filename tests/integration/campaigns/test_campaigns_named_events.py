@@ -64,3 +64,21 @@ async def test_product_views_of_shoes_fire_and_one_of_a_hat_does_not(
         refused = await client.post("/v1/triggers", json=body, headers=bearer(admin_key))
         assert refused.status_code == 422
         assert "event.name" in refused.text and "condition" in refused.text, refused.text
+
+
+async def test_a_condition_reading_a_field_web_tracked_events_lack_is_refused_naming_it(
+    migrated: str, bootstrap_servers: str, admin_key: str
+) -> None:
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _rt):
+        before = (await client.get("/v1/triggers", headers=bearer(admin_key))).json()
+        body = {
+            "name": "misspelt",
+            "on": {"kind": "event", "event_type": "web.tracked"},
+            "condition": 'event.propertys.category == "shoes"',
+            "action": {"channel": "kafka", "topic": "t", "payload": "{{ customer.id }}"},
+        }
+        refused = await client.post("/v1/triggers", json=body, headers=bearer(admin_key))
+        assert refused.status_code == 422
+        assert "condition" in refused.text and "propertys" in refused.text, refused.text
+        after = (await client.get("/v1/triggers", headers=bearer(admin_key))).json()
+        assert after == before
