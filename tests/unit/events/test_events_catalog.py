@@ -40,6 +40,8 @@ DERIVED = {
     "lifecycle.score_updated",
     "lifecycle.score_model_served",
     "campaign.action_fired",
+    "privacy.erasure_requested",
+    "privacy.erasure_completed",
 }
 
 
@@ -68,7 +70,7 @@ def test_stages_match_design() -> None:
 def test_domain_of_is_the_type_prefix(event_type: str, domain: str) -> None:
     assert domain_of(event_type) == domain
     assert set(DOMAIN_OF_TYPE.values()) == {
-        "purchase", "billing", "support", "web", "identity", "lifecycle", "campaign",
+        "purchase", "billing", "support", "web", "identity", "lifecycle", "campaign", "privacy",
     }  # fmt: skip
 
 

@@ -81,6 +81,8 @@ MINIMAL_DATA: dict[str, dict[str, Any]] = {
         "channel": "webhook",
         "status": "delivered",
     },
+    "privacy.erasure_requested": {"request_id": "era-1", "customer_ids": ["c-1"]},
+    "privacy.erasure_completed": {"request_id": "era-1", "service": "scoring"},
 }
 
 

@@ -28,7 +28,8 @@ def test_topics_carry_the_configured_prefix_and_route_by_type() -> None:
     assert topics.inbound == "acme.events.inbound"
     # The served score model keeps one partition: its versions stay in order.
     assert {n: p for n, p in topics.all().items() if p != 12} == {"acme.models": 1}
-    assert len(topics.all()) == 10
+    assert len(topics.all()) == 11
+    assert topics.privacy == "acme.privacy"
     with pytest.raises(ValueError, match=r"lifecycle\.stage_changed"):
         topics.domain("lifecycle.stage_changed")
 

@@ -43,6 +43,8 @@ class EventType(StrEnum):
     LIFECYCLE_SCORE_UPDATED = "lifecycle.score_updated"
     LIFECYCLE_SCORE_MODEL_SERVED = "lifecycle.score_model_served"
     CAMPAIGN_ACTION_FIRED = "campaign.action_fired"
+    PRIVACY_ERASURE_REQUESTED = "privacy.erasure_requested"
+    PRIVACY_ERASURE_COMPLETED = "privacy.erasure_completed"
 
 
 DERIVED_TYPES: frozenset[EventType] = frozenset(
@@ -53,6 +55,8 @@ DERIVED_TYPES: frozenset[EventType] = frozenset(
         EventType.LIFECYCLE_SCORE_UPDATED,
         EventType.LIFECYCLE_SCORE_MODEL_SERVED,
         EventType.CAMPAIGN_ACTION_FIRED,
+        EventType.PRIVACY_ERASURE_REQUESTED,
+        EventType.PRIVACY_ERASURE_COMPLETED,
     }
 )
 
@@ -334,6 +338,27 @@ class CampaignActionFired(EventData):
     status: str
 
 
+# --- privacy (clm.privacy) ---------------------------------------------------------------
+
+
+class PrivacyErasureRequested(EventData):
+    """Erase everything held about `customer_ids`: the customer and the anonymous ids
+    linked to it. Published by ingest, keyed by the first id; every service erases from
+    its own schema and answers with `privacy.erasure_completed`."""
+
+    request_id: Id
+    customer_ids: Annotated[list[Id], Field(min_length=1, max_length=1000)]
+
+
+class PrivacyErasureCompleted(EventData):
+    """One service finished an erasure. Subject and key are the request id, never a
+    customer id, so no outbox or topic keeps the person's id for the answer."""
+
+    request_id: Id
+    service: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    erased: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+
 DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.PURCHASE_COMPLETED: PurchaseCompleted,
     EventType.PURCHASE_REFUNDED: PurchaseRefunded,
@@ -356,4 +381,6 @@ DATA_MODEL_OF_TYPE: Mapping[EventType, type[EventData]] = {
     EventType.LIFECYCLE_SCORE_UPDATED: LifecycleScoreUpdated,
     EventType.LIFECYCLE_SCORE_MODEL_SERVED: LifecycleScoreModelServed,
     EventType.CAMPAIGN_ACTION_FIRED: CampaignActionFired,
+    EventType.PRIVACY_ERASURE_REQUESTED: PrivacyErasureRequested,
+    EventType.PRIVACY_ERASURE_COMPLETED: PrivacyErasureCompleted,
 }

@@ -30,6 +30,7 @@ from clm_events.db import is_retryable
 from clm_events.deadletter import deadletter_message
 from clm_events.envelope import Event, EventValidationError, decode_kafka_record
 from clm_events.idempotency import claim_new
+from clm_events.privacy import DROPPED, Tombstones, is_privacy
 from clm_events.producer import Producer
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ class ConsumerRunner:
         fetch_max_wait_ms: int = 500,
         revoke_timeout: float = 5.0,
         on_committed: Callable[[], None] | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         self.group_id = group_id
+        self._tombstones = tombstones
         self._topics = list(topics)
         self._sessions = sessions
         self._processed = processed_table
@@ -270,9 +273,25 @@ class ConsumerRunner:
                 if d.key in new:
                     new.discard(d.key)  # a second copy in the same batch is a duplicate too
                     fresh.append(d)
+            if fresh and self._tombstones is not None:
+                fresh = await self._drop_erased(session, fresh)
             if fresh:
                 await self._handler(session, fresh)
         return fresh
+
+    async def _drop_erased(self, session: AsyncSession, fresh: list[Delivery]) -> list[Delivery]:
+        """Events of an erased customer leave nothing behind (they stay claimed: a replay
+        of one is a duplicate too)."""
+        assert self._tombstones is not None
+        subjects = {d.event.subject for d in fresh if not is_privacy(d.event)}
+        erased = await self._tombstones.erased(session, subjects)
+        if not erased:
+            return fresh
+        kept = [d for d in fresh if is_privacy(d.event) or d.event.subject not in erased]
+        for d in fresh:
+            if d.event.subject in erased and not is_privacy(d.event):
+                DROPPED.labels(self.group_id, d.record.topic).inc()
+        return kept
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:

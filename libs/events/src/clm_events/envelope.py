@@ -38,6 +38,8 @@ from clm_events.catalog import (
     LifecycleScoreUpdated,
     LifecycleStageChanged,
     LifecycleTransitionRetracted,
+    PrivacyErasureCompleted,
+    PrivacyErasureRequested,
     PurchaseCompleted,
     PurchaseRefunded,
     SupportNpsSubmitted,
@@ -287,6 +289,16 @@ class CampaignActionFiredEvent(CloudEvent):
     data: CampaignActionFired
 
 
+class PrivacyErasureRequestedEvent(CloudEvent):
+    type: Literal["privacy.erasure_requested"]
+    data: PrivacyErasureRequested
+
+
+class PrivacyErasureCompletedEvent(CloudEvent):
+    type: Literal["privacy.erasure_completed"]
+    data: PrivacyErasureCompleted
+
+
 Event = Annotated[
     PurchaseCompletedEvent
     | PurchaseRefundedEvent
@@ -308,7 +320,9 @@ Event = Annotated[
     | LifecycleCustomersMergedEvent
     | LifecycleScoreUpdatedEvent
     | LifecycleScoreModelServedEvent
-    | CampaignActionFiredEvent,
+    | CampaignActionFiredEvent
+    | PrivacyErasureRequestedEvent
+    | PrivacyErasureCompletedEvent,
     Field(discriminator="type"),
 ]
 

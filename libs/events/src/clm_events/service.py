@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,8 +29,9 @@ from clm_events.consumer import ConsumerRunner, Handler
 from clm_events.logs import configure_logging
 from clm_events.migrations import revisions, schema_revision
 from clm_events.outbox import OutboxRelay
+from clm_events.privacy import Erase, Tombstones, erasure_handler
 from clm_events.producer import Producer
-from clm_events.settings import ClmSettings
+from clm_events.settings import DEVELOPMENT_HASH_KEY, ClmSettings
 from clm_events.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Runtime:
         processed: sa.Table | None = None,
         migrations: Path | None = None,
         schema: str | None = None,
+        tombstones: sa.Table | None = None,
     ) -> None:
         common = settings.common
         # The service's schema must be at its migrations' head (or past it: a newer
@@ -91,6 +94,16 @@ class Runtime:
             idempotent=common.kafka_idempotent_producer,
         )
         self.processed = processed
+        self.outbox = outbox
+        self.tombstones = (
+            Tombstones(
+                tombstones,
+                common.privacy_hash_key.get_secret_value().encode(),
+                timedelta(days=common.privacy_tombstone_days),
+            )
+            if tombstones is not None
+            else None
+        )
         self.relay = (
             OutboxRelay(
                 sessions=self.sessions,
@@ -118,6 +131,7 @@ class Runtime:
             processed=models.processed_events,
             migrations=Path(models.__file__ or "").parent / "migrations",
             schema=models.SCHEMA,
+            tombstones=getattr(models, "privacy_tombstones", None),
         )
 
     def add_consumer(
@@ -139,10 +153,25 @@ class Runtime:
             heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
             fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             on_committed=self.relay.wake if self.relay else None,
+            tombstones=self.tombstones,
             **options,
         )
         self.consumers.append(runner)
         return runner
+
+    def add_erasure(self, *, group_id: str, erase: Erase) -> ConsumerRunner:
+        """Consume `clm.privacy` in a group of its own and carry out each erasure request
+        with `erase` (this service's rows), reporting completion through the outbox."""
+        if self.tombstones is None or self.outbox is None:
+            raise ValueError("erasure needs the service's tombstones and outbox tables")
+        handler = erasure_handler(
+            service=self.name,
+            tombstones=self.tombstones,
+            outbox=self.outbox,
+            topic=self.topics.privacy,
+            erase=erase,
+        )
+        return self.add_consumer(group_id=group_id, topics=[self.topics.privacy], handler=handler)
 
     def add_background(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A loop (timer sweep, dispatcher, scheduled refit) started and cancelled with the
@@ -165,6 +194,11 @@ class Runtime:
                     replication_factor=common.topic_replication_factor,
                 )
         await self.producer.start()
+        if common.privacy_hash_key.get_secret_value() == DEVELOPMENT_HASH_KEY:
+            log.warning(
+                "CLM_PRIVACY_HASH_KEY is not set: erased ids are hashed with the public "
+                "development key; set a secret one in production"
+            )
         self._behind = await self._schema_behind()
         if self._behind is None:
             self._launch()

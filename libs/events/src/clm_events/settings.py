@@ -6,8 +6,12 @@ and embeds these, so `CLM_DATABASE_URL` points every service at the same server.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Services warn at start while this is in use: it is public, so the hashes it makes are
+# only as secret as the ids themselves.
+DEVELOPMENT_HASH_KEY = "clm-development-hash-key"
 
 
 class ClmSettings(BaseSettings):
@@ -23,6 +27,18 @@ class ClmSettings(BaseSettings):
     topic_replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
     kafka_idempotent_producer: bool = Field(
         False, description="Enable on real Kafka; the local Tansu broker does not support it."
+    )
+    privacy_hash_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_HASH_KEY),
+        description="Secret of the keyed hash (HMAC-SHA256) under which erased ids are "
+        "remembered; the same in every service, and kept secret: with it, anyone holding "
+        "a candidate id could test it against the tombstones.",
+    )
+    privacy_tombstone_days: float = Field(
+        90,
+        gt=0,
+        description="How long an erased id's events are dropped on arrival (in flight, "
+        "replayed from a topic or the dead-letter store); longer than topic retention.",
     )
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="JSON log lines (false: plain text for a terminal).")

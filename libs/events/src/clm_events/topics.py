@@ -51,6 +51,11 @@ class Topics:
         """The served score model, one event per version (one partition: in order)."""
         return f"{self.prefix}models"
 
+    @property
+    def privacy(self) -> str:
+        """Erasure requests and each service's completions, keyed by customer id."""
+        return f"{self.prefix}privacy"
+
     def domain(self, event_type: str) -> str:
         """Domain topic of a v1 event type: `purchase.completed` -> `clm.events.purchase`."""
         domain = event_type.split(".", 1)[0]
@@ -73,6 +78,7 @@ class Topics:
             self.transitions,
             self.scores,
             self.actions,
+            self.privacy,
         ]
         return {**dict.fromkeys(names, self.partitions), self.models: 1}
 
