@@ -30,7 +30,7 @@ from clm_scoring import models, repository
 from clm_scoring.config import Settings
 from clm_scoring.domain.scores import Published, material
 from clm_scoring.handlers import decode, events_handler
-from clm_scoring.jobs import Scorer
+from clm_scoring.jobs import Scorer, score_event_id
 
 T0 = datetime(2026, 6, 1, 10, tzinfo=UTC)
 AS_OF = date(2026, 9, 1)
@@ -197,7 +197,7 @@ async def test_a_merged_customer_is_scored_as_if_one_id_had_been_used_throughout
         row = (await repository.to_score(s, [known]) or [None])[0]
         published = await _published(s, known)
         assert [e["id"] for e in published] == [
-            f"score:{known}:{n}" for n in range(1, len(published) + 1)
+            score_event_id(known, n) for n in range(1, len(published) + 1)
         ]
         if merged["score"] is not None:
             assert row is not None and published

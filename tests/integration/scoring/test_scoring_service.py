@@ -15,7 +15,7 @@ from kit import bearer, make_key, produce, purchase, read_topic, running
 
 from clm_events.envelope import decode_kafka_record
 from clm_scoring.domain import bgnbd
-from clm_scoring.jobs import Jobs, today
+from clm_scoring.jobs import Jobs, score_event_id, today
 
 
 def cid() -> str:
@@ -62,7 +62,8 @@ async def test_purchase_scores_the_customer_and_publishes_only_material_moves(
     assert abs(one["p_alive"] + one["churn_probability"] - 1) < 1e-12
     assert two["clv"] != one["clv"]
     events = [decode_kafka_record(r.headers, r.value) for r in published]
-    assert [e.id for e in events] == [f"score:{customer}:1", f"score:{customer}:2"]
+    assert [e.id for e in events] == [score_event_id(customer, 1), score_event_id(customer, 2)]
+    assert not any(customer in e.id for e in events)
     assert {r.key for r in published} == {customer.encode()}
     latest = events[-1]
     assert latest.type == "lifecycle.score_updated"

@@ -5,6 +5,8 @@ transaction its caller owns and never commits."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,14 @@ MODEL_SUBJECT = "score-model"
 
 def today() -> date:
     return datetime.now(UTC).date()
+
+
+def score_event_id(customer_id: str, count: int) -> str:
+    """The id of a customer's `count`-th published score. Stable, so a replay of the
+    transaction reproduces it and consumers dedupe it; a hash, so no consumer's
+    processed-events table names the customer (an erasure could not reach it there)."""
+    key = json.dumps([customer_id, count]).encode()
+    return "score-" + hashlib.sha256(key).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -156,8 +166,7 @@ class Scorer:
                 count = c.published_count + 1
                 event = new_event(
                     "lifecycle.score_updated",
-                    # Stable: a replay of this transaction reproduces the same id.
-                    id=f"score:{c.customer_id}:{count}",
+                    id=score_event_id(c.customer_id, count),
                     source=SOURCE,
                     subject=c.customer_id,
                     time=now,
