@@ -306,10 +306,11 @@ function customersPage() {
     message.textContent = text;
     show(message, Boolean(text));
   };
+  const privacy = privacyPanel({ stopRefresh: () => clearInterval(timer) }); // privacy.js
 
   const open = async (id, { quiet = false } = {}) => {
     try {
-      await showCustomer(id);
+      privacy.set(await showCustomer(id));
       if (!quiet) {
         say("");
         history.replaceState(null, "", `/customers?id=${encodeURIComponent(id)}`);
@@ -413,6 +414,7 @@ async function showCustomer(id) {
   );
   table($("#facts"), ["Fact", "Value"], Object.entries(facts).map(([k, v]) => [k, v === null ? "unknown" : typeof v === "object" ? JSON.stringify(v) : String(v)]));
   show($("#customer"), true);
+  return { id, name: facts.name, email: facts.email };
 }
 
 // -- triggers list ------------------------------------------------------------------------
