@@ -1,6 +1,7 @@
 """The console as a marketer uses it, in a real browser against the running stack: sign
 in, create a trigger, preview it for a customer, watch a demo customer change stage and
-the action appear, check and save the lifecycle model, replay a dead letter.
+the action appear, check and save the lifecycle model, replay a dead letter, export a
+customer's data and erase them.
 
 Each test also saves a screenshot of the page it ends on (docs/console.md shows them).
 """
@@ -12,6 +13,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -243,3 +245,68 @@ def test_an_admin_replays_a_dead_letter_after_fixing_it(page: Page, console_stac
         time.sleep(0.5)
     page.goto(f"/customers?id={customer}")
     expect(page.locator('[data-field="Purchases"]')).to_have_text("1", timeout=WAIT)
+
+
+def test_an_admin_exports_a_customers_data_then_erases_them_everywhere(
+    page: Page, console_stack: Console
+) -> None:
+    customer = f"gdpr-{uuid.uuid4().hex[:8]}"
+    email = f"{customer}@example.com"
+    send_events(
+        console_stack,
+        event(customer, "web.signed_up", {"email": email, "name": "Rosa Privata"}),
+        event(customer, "purchase.completed", {"order_id": "1", "amount": "42", "currency": "EUR"}),
+    )
+    # A read key sees the customer but neither privacy control.
+    sign_in(page, console_stack.read_key, "/customers")
+    page.goto(f"/customers?id={customer}")
+    expect(page.locator('[data-field="Stage"]')).to_have_text("Onboarding", timeout=WAIT)
+    expect(page.locator("#export")).to_be_hidden()
+    expect(page.locator("#erase")).to_be_hidden()
+
+    sign_in(page, console_stack.admin_key, "/customers")
+    page.goto(f"/customers?id={customer}")
+    expect(page.locator('[data-field="Email"]')).to_have_text(email, timeout=WAIT)
+
+    with page.expect_download() as downloaded:
+        page.click("#export")
+    assert downloaded.value.suggested_filename == f"clm-export-{customer}.json"
+    document = json.loads(Path(downloaded.value.path()).read_text())
+    assert document["customer_id"] == customer
+    assert email in json.dumps(document)
+    expect(page.locator("#privacy-status")).to_contain_text("Exported")
+
+    # The dialog names the customer and says what happens; the id must be typed first.
+    page.click("#erase")
+    dialog = page.locator("#erase-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#erase-who")).to_have_text(f"{customer} (Rosa Privata, {email})")
+    expect(dialog).to_contain_text("erased in every service")
+    expect(dialog).to_contain_text("cannot be undone")
+    confirm = page.locator("#erase-confirm")
+    expect(confirm).to_be_disabled()
+    page.fill("#erase-typed", customer[:-1])
+    expect(confirm).to_be_disabled()
+    page.fill("#erase-typed", customer)
+    expect(confirm).to_be_enabled()
+    page.screenshot(path=console_stack.screenshot_path("erase"))
+    confirm.click()
+
+    expect(dialog).to_be_hidden()
+    services = page.locator("#erasure-services tbody tr")
+    expect(services).to_have_count(4)
+    expect(page.locator("#erasure-status")).to_have_attribute(
+        "data-status", "completed", timeout=WAIT
+    )
+    expect(page.locator('#erasure-services [data-done="true"]')).to_have_count(4)
+    expect(page.locator("#erasure-status")).to_contain_text("CLM holds nothing more")
+    expect(page.locator("#customer")).to_be_hidden()
+    page.screenshot(path=console_stack.screenshot_path("erased"), full_page=True)
+
+    # Gone: found neither by id nor by email.
+    page.fill("#q", customer)
+    page.click("#search-form button[type=submit]")
+    expect(page.locator("#search-message")).to_have_text(f"No customer with id “{customer}”.")
+    page.fill("#q", email)
+    page.click("#search-form button[type=submit]")
+    expect(page.locator("#search-message")).to_have_text(f"No customer with email “{email}”.")
