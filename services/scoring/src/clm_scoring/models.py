@@ -4,11 +4,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
+from clm_events.privacy import tombstones_table
 
 SCHEMA = "scoring"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+# Keyed hashes of erased ids: their events are dropped on arrival (clm_events.privacy).
+privacy_tombstones = tombstones_table(metadata)
 
 # One row per order: purchases and refunds of an order meet here whatever their order
 # of arrival, so the summary never depends on it.
