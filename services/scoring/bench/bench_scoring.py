@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from clm_devstack.postgres import EmbeddedPostgres
 from clm_devstack.tansu import TansuBroker
 from clm_events.migrations import migrate, migrate_auth
+from clm_events.privacy import Tombstones
 from clm_events.settings import ClmSettings
 from clm_events.topics import Topics, ensure_topics
 from clm_scoring import models
@@ -383,7 +384,8 @@ async def service_path(rows: list[tuple[str, str, str]], url: str, bootstrap: st
         await session.execute(sa.text("TRUNCATE scoring.customers, scoring.scores"))
         for start in range(0, n, 10_000):
             await session.execute(models.customers.insert(), rows_db[start : start + 10_000])
-    jobs = Jobs(Scorer(settings, topics), sessions)
+    tombstones = Tombstones(models.privacy_tombstones, b"bench", timedelta(days=1))
+    jobs = Jobs(Scorer(settings, topics), sessions, tombstones)
     started = time.perf_counter()
     described = await jobs.refit(trigger="bench")
     t_refit = time.perf_counter() - started

@@ -17,6 +17,7 @@ from kit import bearer, fresh_database, make_key, produce, purchase, read_topic,
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from clm_events.envelope import decode_kafka_record
+from clm_events.privacy import Tombstones
 from clm_events.settings import ClmSettings
 from clm_events.topics import Topics, ensure_topics
 from clm_scoring import models
@@ -102,7 +103,8 @@ async def test_the_model_is_described_before_any_fit_and_a_stored_heuristic_unti
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         topics = Topics(prefix=f"s{uuid.uuid4().hex[:8]}.", partitions=2)
         await ensure_topics(bootstrap_servers, topics.all())
-        jobs = Jobs(Scorer(Settings(common=ClmSettings(database_url=url)), topics), sessions)
+        scorer = Scorer(Settings(common=ClmSettings(database_url=url)), topics)
+        jobs = Jobs(scorer, sessions, Tombstones(models.privacy_tombstones, b"k", timedelta(1)))
         try:
             none = await jobs.describe_model()
             async with sessions() as session, session.begin():

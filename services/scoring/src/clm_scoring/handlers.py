@@ -20,6 +20,7 @@ from clm_events.envelope import (
     PurchaseRefundedEvent,
     decode_kafka_record,
 )
+from clm_events.privacy import Tombstones
 from clm_scoring import identities, repository
 from clm_scoring.domain.summary import history
 from clm_scoring.jobs import Scorer, today
@@ -53,10 +54,13 @@ def _passed_over(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> E
     return cast("Event", event)  # no handler branch matches it
 
 
-def events_handler(scorer: Scorer, *, clock: Callable[[], date] = today) -> Handler:
+def events_handler(
+    scorer: Scorer, *, clock: Callable[[], date] = today, tombstones: Tombstones | None = None
+) -> Handler:
     """Record the batch's links, purchases and refunds under the customer they count for,
     rebuild the touched customers' histories and rescore them (as of `clock()`); material
-    moves go to the outbox in the same transaction."""
+    moves go to the outbox in the same transaction. A link naming an erased anonymous id
+    (`tombstones`) is passed over."""
 
     async def handle(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
         purchases: list[tuple[str, str, date, Decimal]] = []
@@ -70,6 +74,11 @@ def events_handler(scorer: Scorer, *, clock: Callable[[], date] = today) -> Hand
                 refunds.append((e.subject, e.data.order_id, e.data.amount))
             elif isinstance(e, IdentityLinkedEvent):
                 links.append(identities.Link(e.data.anonymous_id, e.subject))
+        if links and tombstones is not None:
+            # The runner drops events whose subject was erased; a link names a second id,
+            # which applying it would write back.
+            erased = await tombstones.erased(session, {x.anonymous_id for x in links})
+            links = [x for x in links if x.anonymous_id not in erased]
         if not (purchases or refunds or links):
             return  # page views and the like do not move scores
         subjects = {p[0] for p in purchases} | {r[0] for r in refunds}

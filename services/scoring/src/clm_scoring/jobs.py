@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import CloudEvent, new_event
 from clm_events.outbox import add_events
+from clm_events.privacy import Tombstones
 from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_scoring import metrics, models, repository
@@ -214,6 +215,7 @@ class Jobs:
 
     scorer: Scorer
     sessions: async_sessionmaker[AsyncSession]
+    tombstones: Tombstones  # its guard keeps rescores and erasures apart
 
     @property
     def settings(self) -> Settings:
@@ -228,6 +230,8 @@ class Jobs:
         or return None. The fit and the scoring for the top decile run in a worker thread."""
         as_of = as_of or today()
         scorer = self.scorer
+        # No erasure guard: a refit writes a model version, aggregates of everyone that
+        # an erasure keeps, and no customer's row; erasures need not wait for a fit.
         async with self.sessions() as session, session.begin():
             if not await repository.refit_lock(session, wait=wait):
                 return None
@@ -343,6 +347,12 @@ class Jobs:
         scored = published = 0
         while True:
             async with self.sessions() as session, session.begin():
+                # The guard first: an erasure in progress commits before the page is read,
+                # and one arriving meanwhile waits for the page to commit, then erases its
+                # scores too. The page's customers are read (locked) and scored in this
+                # one transaction, never from an earlier read, so no score is written back
+                # for a customer erased since.
+                await self.tombstones.guard(session)
                 model = await self.scorer.served_model(session)
                 page = await repository.page_to_score(
                     session, after, self.settings.rescore_page_size

@@ -7,11 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by, insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_scoring.domain.arrays import Floats, Frequencies, Spends
@@ -429,3 +430,34 @@ async def mark_published(session: AsyncSession, version: int) -> None:
         .where(model_versions.c.version == version)
         .values(published_at=sa.func.now())
     )
+
+
+# -- privacy --------------------------------------------------------------------------
+
+
+async def erase(session: AsyncSession, ids: list[str]) -> dict[str, int]:
+    """Erase everything scoring holds of these ids (a customer and the anonymous ids
+    linked to it) in the erasure's transaction; rows deleted per table. Model versions
+    stay: their parameters, counts and top CLV decile are aggregates of no one."""
+    ids = sorted(set(ids))
+    # The erasure lock already keeps out every writer that takes the guard; these locks
+    # make one that holds the ids or rows without it commit first, so that each delete
+    # below sees what it wrote (READ COMMITTED).
+    await lock_ids(session, ids)
+    c, i = customers.c, identity_links.c
+    await session.execute(sa.select(c.customer_id).where(c.customer_id.in_(ids)).with_for_update())
+    return {
+        "customers": await _deleted(session, customers.delete().where(c.customer_id.in_(ids))),
+        "scores": await _deleted(session, scores.delete().where(scores.c.customer_id.in_(ids))),
+        "orders": await _deleted(session, orders.delete().where(orders.c.customer_id.in_(ids))),
+        "identity_links": await _deleted(
+            session,
+            identity_links.delete().where(sa.or_(i.anonymous_id.in_(ids), i.customer_id.in_(ids))),
+        ),
+    }
+
+
+async def _deleted(session: AsyncSession, statement: sa.Delete) -> int:
+    result = await session.execute(statement)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
+
