@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.encoders import jsonable_encoder
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_scoring import repository
@@ -73,3 +75,36 @@ async def refit(request: Request, _: AdminKey) -> dict[str, Any]:
     assert described is not None  # a waiting refit always fits
     await jobs.rescore_all()
     return described
+
+
+@router.get("/privacy/customers/{customer_id}", tags=["privacy"])
+async def privacy_export(customer_id: CustomerId, request: Request, _: AdminKey) -> dict[str, Any]:
+    """Everything scoring holds about this id, for a data subject's access request (ingest
+    assembles every service's answer into one document):
+
+    - `orders`: each order (`order_id`, `purchased_on`, `amount`, `refunded`; amounts as
+      decimal strings; `purchased_on` null when only a refund was seen);
+    - `summary`: the purchase history the scores come from (first and last purchase day,
+      days with a purchase, first and repeat spend), or null;
+    - `score`: the current score (P(alive), churn probability, expected purchases and
+      spend, CLV, model, version, as of, scored at) and what `clm.scores` was last told
+      (`published_*`), or null;
+    - `linked_ids`: the anonymous ids merged into this customer, or the customer this
+      anonymous id was merged into (`anonymous_id`, `customer_id`, `linked_at`).
+
+    200 with `found: false` and empty sections when nothing is held (never held, or
+    erased)."""
+    async with _jobs(request).sessions() as session:
+        held = await repository.held_of(session, customer_id)
+    body = {
+        "service": "scoring",
+        "customer_id": customer_id,
+        "found": held.found,
+        "orders": held.orders,
+        "summary": held.summary,
+        "score": held.score,
+        "linked_ids": held.linked_ids,
+    }
+    # Money as decimal strings, as events carry it: a float would round it.
+    encoded: dict[str, Any] = jsonable_encoder(body, custom_encoder={Decimal: str})
+    return encoded

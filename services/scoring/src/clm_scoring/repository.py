@@ -461,3 +461,44 @@ async def _deleted(session: AsyncSession, statement: sa.Delete) -> int:
     result = await session.execute(statement)
     return int(cast("CursorResult[Any]", result).rowcount or 0)
 
+
+@dataclass(frozen=True)
+class Held:
+    """Every row scoring holds of one id, for its privacy export."""
+
+    orders: list[Mapping[str, Any]]
+    summary: Mapping[str, Any] | None
+    score: Mapping[str, Any] | None
+    linked_ids: list[Mapping[str, Any]]  # identity_links rows naming it, either side
+
+    @property
+    def found(self) -> bool:
+        return bool(self.orders or self.summary or self.score or self.linked_ids)
+
+
+async def held_of(session: AsyncSession, customer_id: str) -> Held:
+    o, i = orders.c, identity_links.c
+    order_rows = await session.execute(
+        sa.select(o.order_id, o.purchased_on, o.amount, o.refunded)
+        .where(o.customer_id == customer_id)
+        .order_by(o.order_id)
+    )
+    summary = await session.execute(
+        sa.select(customers).where(customers.c.customer_id == customer_id)
+    )
+    score = await session.execute(sa.select(scores).where(scores.c.customer_id == customer_id))
+    links = await session.execute(
+        sa.select(identity_links)
+        .where(sa.or_(i.anonymous_id == customer_id, i.customer_id == customer_id))
+        .order_by(i.linked_at, i.anonymous_id)
+    )
+    return Held(
+        [dict(r) for r in order_rows.mappings()],
+        _without_id(summary.mappings().first()),
+        _without_id(score.mappings().first()),
+        [dict(r) for r in links.mappings()],
+    )
+
+
+def _without_id(row: sa.RowMapping | None) -> Mapping[str, Any] | None:
+    return None if row is None else {k: v for k, v in row.items() if k != "customer_id"}
