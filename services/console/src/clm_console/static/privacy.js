@@ -49,9 +49,11 @@ function privacyPanel({ stopRefresh }) {
     confirm.disabled = true;
     try {
       const request = await api("ingest", "/v1/privacy/erasures", { method: "POST", body: { customer_id: who.id } });
+      const id = who.id;
       dialog.close();
       stopRefresh();
-      follow(request, who.id);
+      // Off the page once erased, unless another customer was opened meanwhile.
+      follow(request, id, () => who.id === id && show($("#customer"), false));
     } catch (err) {
       confirm.disabled = false;
       setStatus(error, missing(err) ? "Erasure is not available on this server yet." : `Not erased: ${err.message}`, "bad");
@@ -67,24 +69,31 @@ function privacyPanel({ stopRefresh }) {
 }
 
 // Shows the request, then asks ingest every second how far each service got.
-async function follow(request, id) {
+async function follow(request, id, erased) {
   const state = $("#erasure-status");
   $("#erasure-title").textContent = `Erasing ${id}`;
   show($("#erasure"), true);
+  $("#erasure").scrollIntoView({ block: "nearest" });
   drawErasure(request);
-  setStatus(state, `Requested by ${request.requested_by || "you"} at ${fmtTime(request.requested_at)}, for ${fmtNumber(request.customer_ids.length)} ids (the customer and the anonymous ids linked to them).`);
+  state.dataset.status = request.status;
+  const ids = (request.customer_ids || []).length;
+  const which = ids === 1 ? "the customer's id" : `${fmtNumber(ids)} ids: the customer's and the anonymous ids linked to them`;
+  const asked = `Requested by ${request.requested_by || "you"} at ${fmtTime(request.requested_at)}, for ${which}.`;
+  const progress = (r) => `${asked} ${Object.values(r.services).filter(Boolean).length} of ${Object.keys(r.services).length} services done.`;
+  setStatus(state, progress(request));
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     try {
       const r = await api("ingest", `/v1/privacy/erasures/${encodeURIComponent(request.request_id)}`);
       drawErasure(r);
+      state.dataset.status = r.status;
       if (r.status === "completed") {
-        show($("#customer"), false);
+        erased();
         $("#erasure-title").textContent = `Erased ${id}`;
         setStatus(state, `Completed ${fmtTime(r.completed_at)}: CLM holds nothing more about ${id}; statistics keep anonymous counts.`, "good");
-        state.dataset.status = "completed";
         return;
       }
+      setStatus(state, progress(r));
     } catch (err) {
       if (err.status >= 400 && err.status < 500 && err.status !== 429) {
         setStatus(state, `Could not follow the erasure: ${err.message}`, "bad");
