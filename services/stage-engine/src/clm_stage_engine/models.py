@@ -4,11 +4,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
+from clm_events.privacy import tombstones_table
 
 SCHEMA = "stage_engine"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+privacy_tombstones = tombstones_table(metadata)
 
 # One row per customer. `timeline` holds the customer's compact stage history and the fold
 # of their inputs (JSON, see domain.timeline.Timeline.to_json); the columns next to it
@@ -95,4 +97,17 @@ lifecycle_models = sa.Table(
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+)
+
+# The transitions of erased customers, with nothing that names the person (no customer
+# id, facts or event ids), so the flows of a past window still add up after an erasure.
+erased_transitions = sa.Table(
+    "erased_transitions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("from_stage", sa.Text),
+    sa.Column("to_stage", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Index("ix_erased_transitions_at", "at"),
 )

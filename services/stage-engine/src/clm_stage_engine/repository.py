@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clm_stage_engine.domain.inputs import to_us
 from clm_stage_engine.models import (
     customers,
+    erased_transitions,
     identity_links,
     inputs,
     lifecycle_models,
@@ -365,6 +366,56 @@ async def delete_customers(session: AsyncSession, ids: Sequence[str]) -> None:
             )
 
 
+# -- privacy -------------------------------------------------------------------------
+
+
+_ERASE_TRANSITIONS = (
+    f"WITH gone AS (DELETE FROM {transitions.fullname} WHERE customer_id = ANY($1::text[]) "
+    "RETURNING at, from_stage, to_stage, cause) "
+    f"INSERT INTO {erased_transitions.fullname} (at, from_stage, to_stage, cause) "
+    "SELECT * FROM gone ORDER BY at"
+)
+
+
+def _rows(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])  # "DELETE 3", "INSERT 0 3"
+
+
+async def erase(session: AsyncSession, ids: list[str]) -> dict[str, int]:
+    """Everything held under these ids (a customer and their anonymous ids), for a
+    privacy erasure: rows erased per table. Their transitions stay as anonymous rows so
+    flows keep adding up. The customer rows are locked first: a writer holding them
+    commits before this reads the rest."""
+    driver = await _driver(session)
+    await lock_customers(session, ids)
+    erased = {"transitions": _rows(await driver.execute(_ERASE_TRANSITIONS, ids))}
+    for table in (inputs, customers):
+        erased[table.name] = _rows(
+            await driver.execute(
+                f"DELETE FROM {table.fullname} WHERE customer_id = ANY($1::text[])", ids
+            )
+        )
+    erased["identity_links"] = _rows(
+        await driver.execute(
+            f"DELETE FROM {identity_links.fullname} "
+            "WHERE customer_id = ANY($1::text[]) OR anonymous_id = ANY($1::text[])",
+            ids,
+        )
+    )
+    return erased
+
+
+async def list_inputs(session: AsyncSession, customer_id: str) -> list[Any]:
+    """A customer's stored inputs (source, event id, time µs, input JSON), in time order."""
+    i = inputs
+    rows = await session.execute(
+        sa.select(i.c.source, i.c.event_id, i.c.at, i.c.input)
+        .where(i.c.customer_id == customer_id)
+        .order_by(i.c.at, i.c.source, i.c.event_id)
+    )
+    return list(rows)
+
+
 # -- transitions ---------------------------------------------------------------------
 
 
@@ -426,7 +477,7 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
 
 
 async def list_transitions(
-    session: AsyncSession, customer_id: str, limit: int, offset: int
+    session: AsyncSession, customer_id: str, limit: int | None = None, offset: int = 0
 ) -> list[Any]:
     t = transitions
     rows = await session.execute(
@@ -453,12 +504,17 @@ async def stage_counts(session: AsyncSession) -> dict[str, int]:
 async def flows(
     session: AsyncSession, start: datetime, end: datetime
 ) -> list[tuple[str | None, str, int]]:
-    t = transitions
+    """Transitions per (from, to) in the window, erased customers' included."""
+    both = sa.union_all(
+        *(
+            sa.select(t.c.from_stage, t.c.to_stage).where(t.c.at >= start, t.c.at < end)
+            for t in (transitions, erased_transitions)
+        )
+    ).subquery()
     rows = await session.execute(
-        sa.select(t.c.from_stage, t.c.to_stage, sa.func.count())
-        .where(t.c.at >= start, t.c.at < end)
-        .group_by(t.c.from_stage, t.c.to_stage)
-        .order_by(sa.func.count().desc(), t.c.from_stage, t.c.to_stage)
+        sa.select(both.c.from_stage, both.c.to_stage, sa.func.count())
+        .group_by(both.c.from_stage, both.c.to_stage)
+        .order_by(sa.func.count().desc(), both.c.from_stage, both.c.to_stage)
     )
     return [(r[0], r[1], int(r[2])) for r in rows]
 
