@@ -49,6 +49,7 @@ from clm_devstack.tansu import TansuBroker
 from clm_events import db
 from clm_events.consumer import ConsumerRunner
 from clm_events.migrations import migrate, migrate_auth
+from clm_events.privacy import Tombstones
 from clm_events.producer import Producer
 from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics, ensure_topics
@@ -178,6 +179,10 @@ async def bulk_upsert(url: str, n: int) -> float:
     return rate
 
 
+# The privacy plumbing the service runs with: the guard and the tombstone lookup.
+BENCH_TOMBSTONES = Tombstones(models.privacy_tombstones, b"bench", timedelta(days=1))
+
+
 async def no_op(session: Any, deliveries: Any) -> None:
     """A handler that does nothing: the rate of the shared consumer runner alone (decode,
     dedupe, transaction, offset commit), the ceiling any handler runs under."""
@@ -203,6 +208,7 @@ async def stage_engine_rate(
         producer=producer,
         deadletter_topic=topics.deadletter,
         max_records=BATCH,
+        tombstones=BENCH_TOMBSTONES,  # events of erased customers are looked up, as live
     )
     await runner.start()
     try:
@@ -314,7 +320,12 @@ async def sweep(
     database's share shows as the difference), customers evaluated, and how many of
     them moved."""
     engine = db.create_engine(url)
-    loop = TimerLoop(StageEngine(topics), db.session_factory(engine), clock=lambda: now)
+    loop = TimerLoop(
+        StageEngine(topics),
+        db.session_factory(engine),
+        tombstones=BENCH_TOMBSTONES,
+        clock=lambda: now,
+    )
     t = models.transitions
     began, cpu = time.perf_counter(), time.process_time()
     swept = await loop.sweep()

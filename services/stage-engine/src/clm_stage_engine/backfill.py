@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.envelope import Event, EventValidationError, parse_event
+from clm_events.privacy import Tombstones
 from clm_stage_engine.domain.inputs import Input, from_event, to_us
 from clm_stage_engine.handlers import StageEngine
 from clm_stage_engine.outbound import Origin
@@ -37,6 +38,7 @@ class Summary:
     events: int = 0
     customers: int = 0
     transitions: int = 0
+    erased: int = 0  # customers skipped: erased for privacy, their events stay out
     watermark: datetime | None = None
 
 
@@ -126,13 +128,15 @@ async def run(
     engine: StageEngine,
     events: list[Event],
     *,
+    tombstones: Tombstones | None,
     until: datetime | None = None,
     publish: bool = True,
     send_actions: bool = False,
     batch_customers: int = 500,
 ) -> Summary:
     """Apply the events, customer by customer, in transactions of `batch_customers`.
-    Re-running it changes nothing: inputs are deduplicated by (source, id).
+    Re-running it changes nothing: inputs are deduplicated by (source, id). Customers
+    erased for privacy are skipped, as the consumers drop their events.
 
     The transitions it publishes say they come from a backfill: campaigns act on them only
     with `send_actions` (and then still not on those older than a trigger's maximum age)."""
@@ -149,9 +153,12 @@ async def run(
     summary.watermark = clock
     for ids in _chunks(sorted(by_customer), batch_customers):
         async with sessions() as session, session.begin():
+            # Also waits for an erasure in progress (the guard), so none interleaves.
+            erased = await tombstones.erased(session, ids) if tombstones else set()
+            summary.erased += len(erased)
             summary.transitions += await engine.apply(
                 session,
-                {cid: by_customer[cid] for cid in ids},
+                {cid: by_customer[cid] for cid in ids if cid not in erased},
                 clock=to_us(clock),
                 kind="backfill",
                 publish=publish,

@@ -1,16 +1,17 @@
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 
 from clm_events import db
 from clm_events.cli import service_cli
+from clm_events.privacy import Tombstones
 from clm_events.topics import Topics
 from clm_stage_engine import backfill as backfill_mod
 from clm_stage_engine.config import Settings
 from clm_stage_engine.handlers import StageEngine
-from clm_stage_engine.models import SCHEMA
+from clm_stage_engine.models import SCHEMA, privacy_tombstones
 
 app = service_cli(
     name="stage-engine",
@@ -65,10 +66,17 @@ def backfill(
         engine = db.create_engine(common.database_url, pool_size=1)
         try:
             topics = Topics(common.topic_prefix, common.topic_partitions)
+            # As the service's Runtime builds them: the same key finds the same hashes.
+            tombstones = Tombstones(
+                privacy_tombstones,
+                common.privacy_hash_key.get_secret_value().encode(),
+                timedelta(days=common.privacy_tombstone_days),
+            )
             return await backfill_mod.run(
                 db.session_factory(engine),
                 StageEngine(topics),
                 events,
+                tombstones=tombstones,
                 until=clock,
                 publish=publish,
                 send_actions=send_actions,
@@ -81,4 +89,5 @@ def backfill(
     typer.echo(
         f"{summary.events} events, {summary.customers} customers, "
         f"{summary.transitions} transitions written; evaluated up to {watermark}"
+        + (f"; {summary.erased} erased customers skipped" if summary.erased else "")
     )

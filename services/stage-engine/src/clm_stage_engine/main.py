@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     timer = TimerLoop(
         engine,
         rt.sessions,
+        tombstones=rt.tombstones,
         batch_size=settings.timer_batch_size,
         workers=settings.timer_workers,
         interval=settings.timer_interval,

@@ -5,7 +5,9 @@ share the sweep, and re-evaluates customers after a model change the same way.
 Several batches run at once (`workers`), as replicas would.
 
 It owns its transactions (like the consumer runner does for events): each claimed batch
-is one transaction holding the new state, history and outbox rows.
+is one transaction holding the new state, history and outbox rows, which first waits for
+a privacy erasure in progress (`Tombstones.guard`): a batch that claimed a customer
+before the erasure and wrote after it would bring the person back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.db import is_retryable
+from clm_events.privacy import Tombstones
 from clm_stage_engine import metrics
 from clm_stage_engine import repository as repo
 from clm_stage_engine.handlers import StageEngine
@@ -32,6 +35,7 @@ class TimerLoop:
         engine: StageEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
+        tombstones: Tombstones | None,
         batch_size: int = 2000,
         workers: int = 2,
         interval: float = 1.0,
@@ -41,6 +45,7 @@ class TimerLoop:
     ) -> None:
         self._engine = engine
         self._sessions = sessions
+        self._tombstones = tombstones
         self._batch_size = batch_size
         self._workers = workers
         self._interval = interval
@@ -75,6 +80,8 @@ class TimerLoop:
         total = 0
         while True:
             async with self._sessions() as session, session.begin():
+                if self._tombstones is not None:
+                    await self._tombstones.guard(session)
                 n = await step(session, now, self._batch_size)
             total += n
             if n and self._on_committed is not None:
