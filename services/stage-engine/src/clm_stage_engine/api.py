@@ -50,13 +50,23 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         if row is None:
             raise HTTPException(404, f"no customer '{requested}'")
         linked = await repo.linked_ids(session, customer_id)
-        stored = {customer_id: (row.timeline, row.evaluated_until)}
-        tl = (await load_timelines(session, stored))[customer_id]
-        served = (await request.app.state.stage_engine.models.current(session)).served
+        out = await _customer_out(request, session, row)
+    return {
+        **out,
+        "linked_ids": [{"anonymous_id": a, "linked_at": _iso(at)} for a, at in linked],
+        **({"requested_id": requested} if requested != customer_id else {}),
+    }
+
+
+async def _customer_out(request: Request, session: AsyncSession, row: Any) -> dict[str, Any]:
+    """A stored customer as the API shows them: stage, clocks, facts and scores as of now."""
+    stored = {row.customer_id: (row.timeline, row.evaluated_until)}
+    tl = (await load_timelines(session, stored))[row.customer_id]
+    served = (await request.app.state.stage_engine.models.current(session)).served
     acc = tl.fold()  # every input, as of the clock
     now = max(to_us(datetime.now(UTC)), tl.evaluated_until or 0)
     return {
-        "customer_id": customer_id,
+        "customer_id": row.customer_id,
         "stage": row.stage,
         "since": _iso(row.stage_since),
         "evaluated_until": _iso(row.evaluated_until),
@@ -67,8 +77,6 @@ async def get_customer(customer_id: CustomerId, request: Request, _: ReadKey) ->
         # Facts and scores as of now: the scores the rules read, under the served model.
         "facts": to_json(acc.with_scores(acc.facts(now), now, served)),
         "scores": scores_out(acc, now, served),
-        "linked_ids": [{"anonymous_id": a, "linked_at": _iso(at)} for a, at in linked],
-        **({"requested_id": requested} if requested != customer_id else {}),
     }
 
 
@@ -103,25 +111,68 @@ async def get_transitions(
         if await repo.get_customer(session, customer_id) is None:
             raise HTTPException(404, f"no customer '{customer_id}'")
         rows = await repo.list_transitions(session, customer_id, limit, offset)
+    return {"customer_id": customer_id, "transitions": [_transition_out(r) for r in rows]}
+
+
+def _transition_out(r: Any) -> dict[str, Any]:
     return {
+        "id": r.transition_id,
+        "at": _iso(r.at),
+        "from_stage": r.from_stage,
+        "to_stage": r.to_stage,
+        "cause": r.cause,
+        "cause_event": (
+            {"source": r.event_source, "id": r.event_id, "type": r.event_type}
+            if r.event_id
+            else None
+        ),
+        "model_version": r.model_version,
+        "facts": r.facts,
+    }
+
+
+# -- privacy -------------------------------------------------------------------------
+
+
+@router.get("/privacy/customers/{customer_id}", tags=["privacy"])
+async def export_customer(customer_id: CustomerId, request: Request, _: AdminKey) -> dict[str, Any]:
+    """Everything the stage engine holds under this id, for a data subject's access
+    request (ingest assembles every service's into one export): `customer` (stage,
+    clocks, facts and scores as of now, or null), `transitions` (the whole stage history
+    with each one's deciding facts), `inputs` (what was kept of each event: source, event
+    id, time, type and data), `linked_ids` (anonymous ids merged into this id) and
+    `merged_into` (the customer this id, an anonymous one, was merged into, or null).
+    `found` is false, with empty sections, when nothing is held (an unknown or erased id).
+    """
+    async with _sessions(request)() as session:
+        # One snapshot for every section, so a concurrent event cannot split them.
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        row = await repo.get_customer(session, customer_id)
+        customer = await _customer_out(request, session, row) if row is not None else None
+        transitions = await repo.list_transitions(session, customer_id)
+        inputs = await repo.list_inputs(session, customer_id)
+        linked = await repo.linked_ids(session, customer_id)
+        merged_into = (await repo.links_of(session, [customer_id])).get(customer_id)
+    return {
+        "service": request.app.state.runtime.name,
         "customer_id": customer_id,
-        "transitions": [
-            {
-                "id": r.transition_id,
-                "at": _iso(r.at),
-                "from_stage": r.from_stage,
-                "to_stage": r.to_stage,
-                "cause": r.cause,
-                "cause_event": (
-                    {"source": r.event_source, "id": r.event_id, "type": r.event_type}
-                    if r.event_id
-                    else None
-                ),
-                "model_version": r.model_version,
-                "facts": r.facts,
-            }
-            for r in rows
-        ],
+        "found": bool(customer or transitions or inputs or linked or merged_into),
+        "customer": customer,
+        "transitions": [_transition_out(r) for r in transitions],
+        "inputs": [_input_out(r) for r in inputs],
+        "linked_ids": [{"anonymous_id": a, "linked_at": _iso(at)} for a, at in linked],
+        "merged_into": merged_into,
+    }
+
+
+def _input_out(r: Any) -> dict[str, Any]:
+    _, _, _, kind, data = json.loads(r.input)  # domain.inputs.Input.to_json
+    return {
+        "source": r.source,
+        "event_id": r.event_id,
+        "time": _iso(from_us(r.at)),
+        "type": kind,
+        "data": data,
     }
 
 
