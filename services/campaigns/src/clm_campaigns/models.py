@@ -4,11 +4,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_events.db import outbox_table, processed_events_table
+from clm_events.privacy import tombstones_table
 
 SCHEMA = "campaigns"
 metadata = sa.MetaData(schema=SCHEMA)
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+# Keyed hashes of erased ids: their later events are dropped (clm_events.privacy).
+privacy_tombstones = tombstones_table(metadata)
 
 _now = sa.func.now()
 
