@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Requ
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_campaigns import repository
+from clm_campaigns import privacy, repository
 from clm_campaigns.channels import SsrfRefused, check_target
 from clm_campaigns.domain.evaluate import (
     condition_context,
@@ -290,6 +290,8 @@ async def enroll(
     customers who already are in its stage, one page of customers at a time (call again
     with `after` = `next` until it is null). Each gets what a new entry would: condition,
     re-entry control, caps, holdout and schedule; enrolling twice sends nothing twice."""
+    # Writes customers' actions outside the consumer runner: an erasure must not interleave.
+    await request.app.state.runtime.tombstones.guard(session)
     row = await _current(session, trigger_id)
     if not row.enabled:
         raise HTTPException(409, "the trigger is disabled: enable it first")
@@ -435,9 +437,23 @@ async def find_customers(
     email: Annotated[str, Query(min_length=3, max_length=320)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    """Customers with this email (case-insensitive), from the projection campaigns keeps:
-    id, stage, since when, email and name."""
-    return {"customers": await repository.find_customers_by_email(session, email, limit)}
+    """Customers with this email (case-insensitive), from the projection campaigns keeps,
+    by id: `{"customers": [{"customer_id", "stage", "since", "email", "name"}],
+    "truncated"}`; `truncated` is true when more than `limit` customers have it. Read or
+    admin key (ingest resolves an erasure by email through it)."""
+    found, truncated = await repository.find_customers_by_email(session, email, limit)
+    return {"customers": found, "truncated": truncated}
+
+
+@router.get("/privacy/customers/{customer_id}", tags=["privacy"])
+async def export_customer(customer_id: str, session: Session, caller: AdminKey) -> dict[str, Any]:
+    """Everything campaigns holds about one id, for a GDPR article 15 export (admin):
+    `{"service": "campaigns", "customer_id", "found", "customer", "actions"}`. `customer`
+    is the projection (stage and since when, traits, facts, scores, recent purchases) or
+    null; `actions` every action recorded for the id, oldest first, with its rendered
+    target and payload, status, reasons, attempts, error and times. `found` is false, and
+    the sections empty, when nothing is held (never known, or erased)."""
+    return await privacy.export(session, customer_id)
 
 
 @router.get("/actions", response_model=list[ActionOut])
@@ -446,7 +462,8 @@ async def list_actions(
     response: Response,
     session: Session,
     caller: ReadKey,
-    customer_id: Annotated[str | None, Query(max_length=256)] = None,
+    # Not '': the customer id of erased customers' anonymous actions.
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     trigger_id: Annotated[str | None, Query(max_length=256)] = None,
     status: ActionStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

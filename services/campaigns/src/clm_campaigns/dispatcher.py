@@ -37,6 +37,7 @@ from clm_campaigns.handlers import Fired, actions_fired
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Claimed
 from clm_events.outbox import add_message
+from clm_events.privacy import Tombstones
 from clm_events.producer import Message
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,11 @@ class Dispatcher:
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
         actions_topic: str,
+        tombstones: Tombstones,
         on_outbox: Any = None,
     ) -> None:
         self._sessions = sessions
+        self._tombstones = tombstones
         self._s = settings
         self._actions_topic = actions_topic
         self._on_outbox = on_outbox
@@ -114,6 +117,9 @@ class Dispatcher:
         deadline = time.monotonic() + max(lease_s - timeout_s, lease_s / 2)
         lease = timedelta(seconds=self._s.dispatch_lease_seconds)
         async with self._sessions() as session, session.begin():
+            # First: an erasure in progress commits before this claim reads its actions
+            # (they are suppressed then), or waits until this claim has committed.
+            await self._tombstones.guard(session)
             claimed = await repository.claim_due(session, limit=limit, lease=lease)
             stopped = await self._recheck(session, claimed)
             claimed = [c for c in claimed if c.id not in stopped]
@@ -266,7 +272,11 @@ class Dispatcher:
                 rows.append(_row(c, "failed", now, error=outcome.error))
                 final.append((c, "failed"))
         async with self._sessions() as session, session.begin():
-            await repository.finish(session, rows)
+            await self._tombstones.guard(session)
+            # An action whose customer was erased since its claim is not recorded as the
+            # customer's (its row stays anonymous) nor announced (that would name them).
+            done = await repository.finish(session, rows)
+            final = [(c, status) for c, status in final if c.id in done]
             await actions_fired(
                 session, self._actions_topic, [_fired(c, status) for c, status in final]
             )

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from clm_campaigns import api, models
+from clm_campaigns import api, models, privacy
 from clm_campaigns.config import Settings
 from clm_campaigns.dispatcher import Dispatcher
 from clm_campaigns.domain.policy import GlobalCap
@@ -15,10 +15,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     rt = Runtime.of("campaigns", settings, models)
     relay = rt.relay
+    assert rt.tombstones is not None  # models defines privacy_tombstones
     dispatcher = Dispatcher(
         sessions=rt.sessions,
         settings=settings,
         actions_topic=rt.topics.actions,
+        tombstones=rt.tombstones,
         on_outbox=relay.wake if relay is not None else None,
     )
     campaigns = Campaigns(
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         topics=[rt.topics.transitions, rt.topics.scores, *rt.topics.domains],
         handler=campaigns,
     )
+    rt.add_erasure(group_id=f"{settings.group_id}-privacy", erase=privacy.erase)
     rt.add_background("dispatcher", dispatcher.run)
     app = create_service_app(rt, title="CLM campaigns", routers=[api.router])
     app.state.dispatcher = dispatcher

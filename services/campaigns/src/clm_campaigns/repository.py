@@ -578,19 +578,46 @@ _FINISH = (
     actions.update()
     .where(actions.c.id == _FINISHED.c.id, actions.c.status == "sending")
     .values({n: _FINISHED.c[n] for n in FINISH_COLUMNS if n != "id"})
+    .returning(actions.c.id)
+)
+# An action sent although its customer was erased meanwhile (claimed before, anonymised
+# and suppressed as `erased` while in flight): delivered is the truth, but nothing of the
+# outcome (an error naming the target) goes back into the anonymous row.
+_DELIVERED_ERASED = (
+    actions.update()
+    .where(
+        actions.c.id == _IDS,
+        actions.c.status == "suppressed",
+        actions.c.suppressed_reason == "erased",
+    )
+    .values(
+        status="delivered",
+        suppressed_reason=None,
+        delivered_at=sa.bindparam("at", type_=sa.DateTime(timezone=True)),
+    )
 )
 
 
-async def finish(session: AsyncSession, results: Sequence[dict[str, Any]]) -> None:
-    """Record delivery outcomes: keys id, status, due_at, delivered_at, last_error."""
+async def finish(session: AsyncSession, results: Sequence[dict[str, Any]]) -> set[str]:
+    """Record delivery outcomes: keys id, status, due_at, delivered_at, last_error.
+    Returns the ids recorded, those still `sending`: an action whose customer was erased
+    meanwhile is not one of them (it only turns delivered, anonymous, if it was sent)."""
     # One row per action, the first one: as row-by-row updates, a later one for the same
     # action would no longer find it `sending`.
     first: dict[str, dict[str, Any]] = {}
     for r in results:
         first.setdefault(r["id"], r)
-    if first:
-        rows = list(first.values())
-        await session.execute(_FINISH, {f"b_{n}": [r[n] for r in rows] for n in FINISH_COLUMNS})
+    if not first:
+        return set()
+    rows = list(first.values())
+    params = {f"b_{n}": [r[n] for r in rows] for n in FINISH_COLUMNS}
+    done = set((await session.scalars(_FINISH, params)).all())
+    sent = [r for r in rows if r["id"] not in done and r["status"] == "delivered"]
+    if sent:
+        await session.execute(
+            _DELIVERED_ERASED, {"ids": [r["id"] for r in sent], "at": sent[0]["delivered_at"]}
+        )
+    return done
 
 
 async def suppress_claimed(session: AsyncSession, reasons: dict[str, str]) -> None:
@@ -777,15 +804,18 @@ async def trigger_series(
 
 async def find_customers_by_email(
     session: AsyncSession, email: str, limit: int
-) -> list[dict[str, Any]]:
-    """Customers whose latest `email` trait is `email`, ignoring case (indexed)."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """Customers whose latest `email` trait is `email`, ignoring case (indexed), by id;
+    and whether more than `limit` matched."""
     c = customers
-    rows = await session.execute(
-        sa.select(c.c.customer_id, c.c.stage, c.c.stage_at, c.c.traits)
-        .where(sa.func.lower(c.c.traits["email"].astext) == email.lower())
-        .order_by(c.c.customer_id)
-        .limit(limit)
-    )
+    rows = (
+        await session.execute(
+            sa.select(c.c.customer_id, c.c.stage, c.c.stage_at, c.c.traits)
+            .where(sa.func.lower(c.c.traits["email"].astext) == email.lower())
+            .order_by(c.c.customer_id)
+            .limit(limit + 1)
+        )
+    ).all()
     return [
         {
             "customer_id": r.customer_id,
@@ -794,5 +824,67 @@ async def find_customers_by_email(
             "email": r.traits.get("email"),
             "name": r.traits.get("name"),
         }
-        for r in rows
+        for r in rows[:limit]
+    ], len(rows) > limit
+
+
+# --- privacy --------------------------------------------------------------------------
+
+
+async def customer_export(
+    session: AsyncSession, customer_id: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Everything held of one id: its projection row and every action, oldest first."""
+    row = (
+        await session.execute(sa.select(customers).where(customers.c.customer_id == customer_id))
+    ).first()
+    rows = await session.execute(
+        sa.select(*ACTION_FIELDS, actions.c.occasion)
+        .where(actions.c.customer_id == customer_id)
+        .order_by(actions.c.created_at, actions.c.id)
+    )
+    return (dict(row._mapping) if row else None), [dict(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True)
+class ErasedAction:
+    trigger_id: str
+    channel: str
+    stopped: bool  # was pending or being sent: now suppressed as `erased`
+
+
+async def erase_customers(
+    session: AsyncSession, ids: Sequence[str]
+) -> tuple[int, list[ErasedAction]]:
+    """Delete the projection rows of `ids` and anonymise their actions in place, so
+    trigger stats keep their counts: no customer id (`''` matches no customer, cap,
+    cooldown, conversion or listing), target, payload, error, causing event or entry;
+    actions not yet sent are suppressed as `erased`, never sent. The customer rows are
+    locked first: a batch that holds them commits before, and is erased with the rest."""
+    params = {"ids": list(ids)}
+    await session.execute(_LOCK_CUSTOMERS, params)
+    gone = await session.execute(_DROP_CUSTOMERS, params)
+    erased = await session.execute(_ERASE_ACTIONS, params)
+    return int(gone.rowcount), [  # type: ignore[attr-defined]
+        ErasedAction(r.trigger_id, r.channel, r.suppressed_reason == "erased") for r in erased
     ]
+
+
+_UNSENT = actions.c.status.in_(("pending", "sending"))
+_ERASE_ACTIONS = (
+    actions.update()
+    .where(actions.c.customer_id == _IDS)
+    .values(
+        customer_id="",
+        target=sa.cast(sa.literal("{}"), JSONB),
+        payload=None,
+        last_error=None,
+        occasion=sa.null(),
+        entry_key=None,
+        cause_event="",
+        # SET reads the old row: the status and reason before this update.
+        status=sa.case((_UNSENT, "suppressed"), else_=actions.c.status),
+        suppressed_reason=sa.case((_UNSENT, "erased"), else_=actions.c.suppressed_reason),
+    )
+    .returning(actions.c.trigger_id, actions.c.channel, actions.c.suppressed_reason)
+)
