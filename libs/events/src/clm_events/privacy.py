@@ -89,10 +89,11 @@ class Tombstones:
     async def erased(self, session: AsyncSession, ids: Iterable[str]) -> set[str]:
         """Of `ids`, those erased (and not yet expired). Takes the guard first, in its own
         statement: one snapshot for both would miss an erasure it waited for."""
-        await self.guard(session)
         by_hash = {self.hash(i): i for i in ids}
         if not by_hash:
-            return set()
+            return set()  # nothing written for anyone: no guard needed (an erasure's own
+            # consumer must not hold it shared before taking it exclusively)
+        await self.guard(session)
         t = self.table
         rows = await session.execute(
             sa.select(t.c.id_hash).where(
@@ -144,7 +145,7 @@ async def erase_customers(
     # Derived messages about the person not yet published are dropped with the rest;
     # published ones would stay for the relay's retention.
     keys = sa.bindparam("keys", [i.encode() for i in ids], type_=ARRAY(sa.LargeBinary))
-    gone = await session.execute(outbox.delete().where(outbox.c.key == sa.func.any(keys)))
+    gone = await session.execute(outbox.delete().where(outbox.c.key == sa.any_(keys)))
     counts["outbox"] = gone.rowcount or 0  # type: ignore[attr-defined]
     await add_event(session, outbox, topic, completed_event(service, event.data.request_id, counts))
     ERASURES.labels(service).inc()
