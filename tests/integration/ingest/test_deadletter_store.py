@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +15,11 @@ from aiokafka.structs import ConsumerRecord
 from kit import bearer, make_key, produce, purchase, read_topic
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from clm_events.privacy import Tombstones
 from clm_ingest import deadletter_store as store
+from clm_ingest.models import privacy_tombstones
+
+TOMBSTONES = Tombstones(privacy_tombstones, b"test key", timedelta(days=1))
 
 
 async def _listed(
@@ -108,7 +113,7 @@ async def test_a_dead_letter_with_nul_in_its_headers_is_stored_escaped(migrated:
     engine = create_async_engine(migrated)
     try:
         async with async_sessionmaker(engine).begin() as session:
-            await store.store(session, [record])
+            await store.store(session, [record], TOMBSTONES)
         async with async_sessionmaker(engine)() as session:
             row = await store.get_row(session, 0, offset)
     finally:

@@ -176,9 +176,10 @@ class Stack:
             env={
                 **self.env(),
                 f"CLM_{spec.package.removeprefix('clm_').upper()}_PORT": str(spec.port),
-                # Where the console finds the others (ports move with --port-offset).
+                # Where it finds the others (ports move with --port-offset): the console
+                # for everything, ingest for privacy exports.
                 **{
-                    f"CLM_CONSOLE_{s.package.removeprefix('clm_').upper()}_URL": s.url
+                    f"CLM_{_env_name(spec)}_{_env_name(s)}_URL": s.url
                     for s in self.services
                     if s is not spec
                 },
@@ -213,6 +214,10 @@ class Stack:
     def _cli(self, spec: ServiceSpec) -> str:
         exe = Path(sys.executable).with_name(f"clm-{spec.name}")
         return str(exe) if exe.exists() else shutil.which(f"clm-{spec.name}") or str(exe)
+
+
+def _env_name(spec: ServiceSpec) -> str:
+    return spec.package.removeprefix("clm_").upper()
 
 
 def _healthy(url: str) -> bool:

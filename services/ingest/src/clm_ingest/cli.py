@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from clm_events.cli import service_cli
-from clm_ingest import deadletter
+from clm_ingest import deadletter, privacy_cli
 from clm_ingest.config import Settings
 from clm_ingest.models import SCHEMA
 
@@ -13,3 +13,4 @@ app = service_cli(
     settings=Settings,
 )
 app.add_typer(deadletter.cli, name="deadletter")
+app.add_typer(privacy_cli.cli, name="privacy")

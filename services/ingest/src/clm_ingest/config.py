@@ -39,6 +39,28 @@ class Settings(ServiceSettings):
         "'anonymous', ...), e.g. the test ids of your own code (JSON list in the env var).",
     )
 
+    stage_engine_url: str = Field(
+        "http://127.0.0.1:8002", description="The stage engine's API (privacy exports)."
+    )
+    scoring_url: str = Field("http://127.0.0.1:8003", description="Scoring's API (exports).")
+    campaigns_url: str = Field(
+        "http://127.0.0.1:8004",
+        description="Campaigns' API: exports, and resolving an email to the customers "
+        "carrying it for an erasure.",
+    )
+    privacy_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for each service during an export."
+    )
+
+    @property
+    def privacy_urls(self) -> dict[str, str]:
+        """The other services an export asks, by the name they report completion under."""
+        return {
+            "stage-engine": self.stage_engine_url,
+            "scoring": self.scoring_url,
+            "campaigns": self.campaigns_url,
+        }
+
     @field_validator("segment_track_events")
     @classmethod
     def _producer_types_only(cls, value: dict[str, EventType]) -> dict[str, EventType]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.deadletter import reason_of
+from clm_events.privacy import Tombstones
 from clm_events.producer import Producer
 from clm_events.storable import printable
 from clm_events.topics import Topics
@@ -79,8 +81,32 @@ def row_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     }
 
 
-async def store(session: AsyncSession, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-    rows = [row_of(r) for r in records]
+def _subjects(record: ConsumerRecord[bytes, bytes]) -> set[str]:
+    """The ids a dead letter may belong to: its key, a binary-mode subject header, and
+    the subject (or Segment's userId/anonymousId) when its body parses."""
+    ids = {record.key.decode("utf-8", "replace")} if record.key else set()
+    ids |= {v.decode("utf-8", "replace") for k, v in record.headers or () if k == "ce_subject"}
+    try:
+        body = json.loads(record.value or b"")
+    except ValueError:
+        return ids
+    if isinstance(body, dict):
+        ids |= {
+            v for k in ("subject", "userId", "anonymousId") if isinstance(v := body.get(k), str)
+        }
+    return ids
+
+
+async def store(
+    session: AsyncSession,
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+    tombstones: Tombstones,
+) -> None:
+    """Keep the records, except those of an erased customer (a replay of one that failed
+    again, or an event still in flight when the erasure ran)."""
+    candidates = [_subjects(r) for r in records]
+    erased = await tombstones.erased(session, set().union(*candidates))
+    rows = [row_of(r) for r, ids in zip(records, candidates, strict=True) if not ids & erased]
     if rows:
         await session.execute(insert(deadletters).values(rows).on_conflict_do_nothing())
 
@@ -89,6 +115,7 @@ class DeadletterStore:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        tombstones: Tombstones,
         *,
         bootstrap_servers: str,
         topic: str,
@@ -96,6 +123,7 @@ class DeadletterStore:
         retry_seconds: float = 2.0,
     ) -> None:
         self._sessions = sessions
+        self._tombstones = tombstones
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._group_id = group_id
@@ -128,7 +156,7 @@ class DeadletterStore:
                 if not records:
                     continue
                 async with self._sessions.begin() as session:
-                    await store(session, records)
+                    await store(session, records, self._tombstones)
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs})
         finally:
             await consumer.stop()

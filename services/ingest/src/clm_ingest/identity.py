@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events.envelope import Event, IdentityLinkedEvent
+from clm_events.privacy import Tombstones
 from clm_ingest import metrics, repository
 from clm_ingest.domain.identity import Guards, Outcome
 
@@ -29,8 +30,9 @@ def with_subject(event: Event, customer_id: str) -> Event:
 
 
 class IdentityGraph:
-    def __init__(self, guards: Guards) -> None:
+    def __init__(self, guards: Guards, tombstones: Tombstones) -> None:
         self.guards = guards
+        self.tombstones = tombstones
 
     async def resolve(
         self, session: AsyncSession, events: Sequence[Event]
@@ -42,6 +44,15 @@ class IdentityGraph:
         ids = {e.subject for e in events}
         ids |= {e.data.anonymous_id for e in events if isinstance(e, IdentityLinkedEvent)}
         known = await repository.customers_of(session, ids)
+        # A replayed identify of an erased customer must not record a link naming them.
+        links = [e for e in events if isinstance(e, IdentityLinkedEvent)]
+        erased = (
+            await self.tombstones.erased(
+                session, {i for e in links for i in (e.subject, e.data.anonymous_id)}
+            )
+            if links
+            else set()
+        )
         resolved: list[Event | Outcome] = []
         for event in events:
             customer = known.get(event.subject)
@@ -49,7 +60,11 @@ class IdentityGraph:
                 event = with_subject(event, customer)
                 metrics.SUBJECTS_REWRITTEN.inc()
             if isinstance(event, IdentityLinkedEvent):
-                outcome = await self._link(session, event)
+                outcome = (
+                    Outcome.erased
+                    if {event.subject, event.data.anonymous_id} & erased
+                    else await self._link(session, event)
+                )
                 metrics.IDENTITY_LINKS.labels(
                     "refused" if outcome.refused else outcome.value,
                     outcome.value if outcome.refused else "",

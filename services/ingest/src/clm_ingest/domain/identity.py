@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     already_linked = "already_linked"
     has_linked_ids = "has_linked_ids"
     customer_limit = "customer_limit"
+    erased = "erased"  # one of the ids was erased (a privacy request): nothing links to it
 
     @property
     def refused(self) -> bool:
@@ -45,6 +46,7 @@ REASONS = {
     Outcome.has_linked_ids: "other ids are linked to this anonymous id; customers are not "
     "merged into each other",
     Outcome.customer_limit: "the customer already has the most anonymous ids allowed",
+    Outcome.erased: "one of the ids was erased; its events are dropped until the erasure expires",
 }
 
 
