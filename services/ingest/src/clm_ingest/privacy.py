@@ -43,6 +43,10 @@ class ServiceUnavailable(Exception):
         self.service = service
 
 
+class TooMany(Exception):
+    """An email shared by so many customers that erasing them all at once is a mistake."""
+
+
 async def ids_of_customer(session: AsyncSession, customer_id: str) -> list[str]:
     """The customer `customer_id` counts for, then every anonymous id linked to it."""
     customer, links = await repository.identity_of(session, customer_id)
@@ -64,7 +68,10 @@ async def customers_with_email(
         raise ServiceUnavailable("campaigns", type(exc).__name__) from exc
     if r.status_code != 200:
         raise ServiceUnavailable("campaigns", f"HTTP {r.status_code}")
-    return [c["customer_id"] for c in r.json()["customers"]]
+    body = r.json()
+    if body.get("truncated"):
+        raise TooMany("more than 100 customers carry this email; erase them by customer_id")
+    return [c["customer_id"] for c in body["customers"]]
 
 
 async def request_erasure(

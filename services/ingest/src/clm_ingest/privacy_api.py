@@ -67,6 +67,8 @@ async def request_erasure(request: Request, body: ErasureBody, caller: AdminKey)
                 )
             except privacy.ServiceUnavailable as exc:
                 raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+            except privacy.TooMany as exc:
+                raise HTTPException(409, str(exc)) from exc
             if not found:
                 raise HTTPException(404, "no customer carries this email")
             ids = []
