@@ -44,19 +44,12 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]
     """PostgreSQL, the broker, the four services (as `make run` starts them) and the
     console, on free ports."""
     data = tmp_path_factory.mktemp("stack")
-    # The four services; the console is started below, pointed at them.
-    services = tuple(replace(s, port=procs.free_port()) for s in SERVICES if s.name != "console")
     stack = Stack(
         data_dir=data,
         pg_port=procs.free_port(),
         kafka_port=procs.free_port(),
-        services=services,
-        # Ingest asks the others for a privacy export (and campaigns to resolve an email).
-        extra_env={
-            f"CLM_INGEST_{s.name.upper().replace('-', '_')}_URL": s.url
-            for s in services
-            if s.name != "ingest"
-        },
+        # The four services; the console is started below, pointed at them.
+        services=tuple(replace(s, port=procs.free_port()) for s in SERVICES if s.name != "console"),
     )
     console = None
     try:
