@@ -49,9 +49,11 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEPLOY = Path(__file__).resolve().parent
 SERVICES = ("ingest", "stage-engine", "scoring", "campaigns", "console")
-# The console proxies to the others at CLM_CONSOLE_<SERVICE>_URL.
 CONSOLE = "console"
 BACKENDS = tuple(s for s in SERVICES if s != CONSOLE)
+# Who calls whom over HTTP, at CLM_<CLIENT>_<SERVICE>_URL: the console proxies to every
+# backend, ingest assembles privacy exports from the others.
+PEERS = {CONSOLE: BACKENDS, "ingest": ("stage-engine", "scoring", "campaigns")}
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 COMPONENTS = ("kafka-topics", "monitoring", "network-policies")
 # Series Prometheus makes itself rather than scraping them from a service.
@@ -238,32 +240,37 @@ def house_rules(docs: list[dict[str, Any]], report: Report, name: str) -> None:
         ]
         if not matches:
             report.add(f"{name} Service/{svc['metadata']['name']}", "selects no Deployment's pods")
-    console_backends(by_kind, report, name)
+    for client, peers in PEERS.items():
+        peer_urls(by_kind, report, name, client, peers)
 
 
-def console_backends(
-    by_kind: dict[str, dict[str, dict[str, Any]]], report: Report, name: str
+def peer_urls(
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+    report: Report,
+    name: str,
+    client: str,
+    peers: tuple[str, ...],
 ) -> None:
-    """The console's CLM_CONSOLE_<SERVICE>_URL (its env, or a ConfigMap it loads) must name
+    """A client's CLM_<CLIENT>_<SERVICE>_URL (its env, or a ConfigMap it loads) must name
     that service's Service and one of its ports: a typo there breaks every proxied page
-    while the console itself stays ready."""
-    deployment = by_kind.get("Deployment", {}).get(f"clm-{CONSOLE}")
+    (or every export) while the client itself stays ready."""
+    deployment = by_kind.get("Deployment", {}).get(f"clm-{client}")
     if deployment is None:
         return  # reported above
     configmaps = by_kind.get("ConfigMap", {})
     services = by_kind.get("Service", {})
     for c in deployment["spec"]["template"]["spec"].get("containers", []):
-        where = f"{name} Deployment/clm-{CONSOLE} container {c['name']}"
+        where = f"{name} Deployment/clm-{client} container {c['name']}"
         env: dict[str, str] = {}
         for ref in c.get("envFrom", []):
             cm = configmaps.get(ref.get("configMapRef", {}).get("name", ""), {})
             env.update({str(k): str(v) for k, v in (cm.get("data") or {}).items()})
         env.update({e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e})
-        for backend in BACKENDS:
-            key = f"CLM_CONSOLE_{backend.upper().replace('-', '_')}_URL"
+        for backend in peers:
+            key = f"CLM_{client.upper()}_{backend.upper().replace('-', '_')}_URL"
             url = env.get(key)
             if not url:
-                report.add(where, f"{key} is not set (the console would call 127.0.0.1)")
+                report.add(where, f"{key} is not set (the {client} would call 127.0.0.1)")
                 continue
             parts = urlsplit(url)
             host = (parts.hostname or "").split(".")[0]
