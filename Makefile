@@ -10,7 +10,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install run test test-unit lint format clean demo test-browser deploy-check bench chaos fuzz \
-	bench-ingest bench-stage-engine bench-scoring bench-campaigns
+	bench-ingest bench-stage-engine bench-scoring bench-campaigns bench-privacy
 
 install: $(VENV)/.synced
 
@@ -48,6 +48,10 @@ lint: install
 # The whole system: a realistic population sent through ingest at a sustained rate.
 bench: install
 	$(BIN)/python system/bench.py
+
+# Erasing one customer among 1M (next to a nearly empty database), and an export's size.
+bench-privacy: install
+	$(BIN)/python system/bench_privacy.py
 
 # The same events with and without SIGKILLs, a paused broker and a stopped database.
 chaos: install
