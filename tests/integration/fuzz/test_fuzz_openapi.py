@@ -14,7 +14,10 @@ refits the scoring model and creates campaign triggers, which other tests must n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -70,12 +73,33 @@ def fuzz(schema: Any, base_url: str, headers: dict[str, str], package: str) -> d
     return failures
 
 
+@asynccontextmanager
+async def peers(package: str, database_url: str, bootstrap: str) -> AsyncIterator[dict[str, str]]:
+    """The services `package` calls over HTTP, served, as its settings name their URLs:
+    ingest's privacy export asks the other three (without them it rightly answers 503)."""
+    if package != "clm_ingest":
+        yield {}
+        return
+    others = {"stage_engine_url": "clm_stage_engine", "scoring_url": "clm_scoring",
+              "campaigns_url": "clm_campaigns"}  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for setting, other in others.items():
+            urls[setting], _ = await stack.enter_async_context(
+                serving(other, database_url, bootstrap)
+            )
+        yield urls
+
+
 @pytest.mark.parametrize("package", SERVICES)
 async def test_fuzz_openapi_no_server_errors_and_responses_match_schema(
     package: str, fuzz_database: str, bootstrap_servers: str
 ) -> None:
     key = await make_key(fuzz_database, "admin")
-    async with serving(package, fuzz_database, bootstrap_servers) as (base_url, _):
+    async with (
+        peers(package, fuzz_database, bootstrap_servers) as urls,
+        serving(package, fuzz_database, bootstrap_servers, **urls) as (base_url, _),
+    ):
         async with httpx.AsyncClient() as http:
             spec = (await http.get(f"{base_url}/openapi.json")).raise_for_status().json()
         schema = schemathesis.openapi.from_dict(spec)
