@@ -78,7 +78,7 @@ FILL = [
            convert_to('bulk-' || i, 'UTF8'),
            convert_to('{"subject": "bulk-' || i || '", "type": "purchase.completed"}', 'UTF8'),
            '[]'
-       FROM generate_series(1, 10000) i""",
+       FROM generate_series(1, least($1, 10000)) i""",
 ]
 
 
@@ -158,6 +158,7 @@ async def run(args: argparse.Namespace, system: System) -> str:
         await conn.execute("SELECT 1")
         for statement in FILL[:1] + FILL[4:5] + FILL[6:7]:  # one customer in each service
             await conn.execute(statement.replace("'bulk-' || i", f"'{small}'"), 1)
+        await erase(http, url, keys.admin, "nobody")  # every privacy group has joined
         baseline = await erase(http, url, keys.admin, small)
 
         started = time.perf_counter()
