@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +33,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import System, service_env
 
 SERVICES = ("ingest", "stage-engine", "scoring", "campaigns")
+ROUNDS = 5  # erasures at each scale; the median is reported
+
+
+async def busy(http: httpx.AsyncClient, system: System) -> dict[str, float]:
+    """Seconds each service's privacy group has spent in batches (decode, transaction,
+    commit), from its /metrics: the erasure's own cost, without the hops between."""
+    out = {}
+    for service in SERVICES:
+        text = (await http.get(f"{system.url(service)}/metrics")).text
+        wanted = f'clm_consumer_batch_duration_seconds_sum{{group="clm-{service}-privacy"}}'
+        out[service] = sum(float(line.split()[-1]) for line in text.splitlines()
+                           if line.startswith(wanted))  # fmt: skip
+    return out
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
 
 # Each service's tables, filled as it fills them (ids bulk-1 .. bulk-N). A tenth of the
 # customers have an anonymous id linked; ten thousand dead letters.
@@ -153,26 +172,33 @@ async def run(args: argparse.Namespace, system: System) -> str:
                          "Content-Type": "application/cloudevents-batch+json"},
             )  # fmt: skip
             r.raise_for_status()
-        small = "bulk-small"
         conn = await asyncpg.connect(dsn)
-        await conn.execute("SELECT 1")
-        for statement in FILL[:1] + FILL[4:5] + FILL[6:7]:  # one customer in each service
-            await conn.execute(statement.replace("'bulk-' || i", f"'{small}'"), 1)
+        for statement in FILL[:1] + FILL[4:5] + FILL[6:7]:  # a few customers everywhere
+            await conn.execute(statement.replace("'bulk-' || i", "'small-' || i"), ROUNDS)
         await erase(http, url, keys.admin, "nobody")  # every privacy group has joined
-        baseline = await erase(http, url, keys.admin, small)
+        before = await busy(http, system)
+        baseline = median([await erase(http, url, keys.admin, f"small-{n + 1}")
+                           for n in range(ROUNDS)])  # fmt: skip
+        await asyncio.sleep(1)  # the last completions recorded
+        spent = await busy(http, system)
+        baseline_busy = {s: (spent[s] - before[s]) / ROUNDS for s in SERVICES}
 
         started = time.perf_counter()
         for statement in FILL:
             await conn.execute(statement, args.customers)
         await conn.execute("ANALYZE")
         filled = time.perf_counter() - started
-        target = f"bulk-{args.customers // 2}"
-        assert await conn.fetchval("SELECT count(*) FROM ingest.identities") >= args.customers // 10
-        at_scale = await erase(http, url, keys.admin, target)
+        # Customers with an anonymous id linked (the first tenth) and without.
+        targets = [f"bulk-{n * args.customers // (ROUNDS + 1) + 7}" for n in range(ROUNDS)]
+        before = await busy(http, system)
+        at_scale = median([await erase(http, url, keys.admin, t) for t in targets])
+        await asyncio.sleep(1)
+        spent = await busy(http, system)
+        scale_busy = {s: (spent[s] - before[s]) / ROUNDS for s in SERVICES}
         left = await conn.fetchval(
-            "SELECT count(*) FROM stage_engine.customers WHERE customer_id = $1", target
+            "SELECT count(*) FROM stage_engine.customers WHERE customer_id = ANY($1)", targets
         )
-        assert left == 0, "the customer was not erased"
+        assert left == 0, "a customer was not erased"
         await conn.close()
 
         admin = {"Authorization": f"Bearer {keys.admin}"}
@@ -190,11 +216,18 @@ async def run(args: argparse.Namespace, system: System) -> str:
         await http.get(f"{url}/v1/privacy/exports/export-bench", headers=admin)
         export_seconds = time.perf_counter() - started
 
-    rows = [f"| {s} | {baseline[s]:.2f} | {at_scale[s]:.2f} | {at_scale[s] / baseline[s]:.1f}x |"
-            for s in (*SERVICES, "whole")]  # fmt: skip
+    rows = [f"| {s} | {baseline_busy[s] * 1000:.1f} | {scale_busy[s] * 1000:.1f} | "
+            f"{scale_busy[s] / baseline_busy[s]:.1f}x |" for s in SERVICES]  # fmt: skip
     return "\n".join([
-        f"Erasure of one customer: request to completion, seconds (filled {args.customers:,} "
-        f"customers into every service in {filled:.0f} s).",
+        f"Erasure of one customer among {args.customers:,} (filled into every service in "
+        f"{filled:.0f} s), next to a nearly empty database; {ROUNDS} erasures each.",
+        "",
+        f"Request to completed in every service (median): {baseline['whole']:.2f} s nearly "
+        f"empty, {at_scale['whole']:.2f} s among {args.customers:,}: the hops between "
+        "services (fetch waits, the outbox relay), not the tables.",
+        "",
+        "Time each service's privacy group spent in its batches, per erasure (ms; ingest's "
+        "also records the four completions):",
         "",
         f"| service | nearly empty | among {args.customers:,} | ratio |",
         "|---|---|---|---|",
