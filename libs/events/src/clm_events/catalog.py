@@ -306,12 +306,27 @@ class LifecycleCustomersMerged(EventData):
     anonymous_id: Id
 
 
+RFM_SEGMENTS = (
+    "Champions", "Loyal", "Potential loyalist", "New", "Promising", "Need attention",
+    "About to sleep", "At risk", "Can't lose", "Hibernating", "Lost",
+)  # fmt: skip
+Quintile = Annotated[int, Field(strict=True, ge=1, le=5)]
+
+
 class LifecycleScoreUpdated(EventData):
     clv: Money
     churn_probability: Probability
     p_alive: Probability
     expected_purchases: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
     model: str
+    # RFM: quintiles 1-5 over the current customer base (5: most recent, most frequent,
+    # most spent), the three-digit cell ("545") and its named segment; absent until
+    # scoring has cut points.
+    rfm_recency: Quintile | None = None
+    rfm_frequency: Quintile | None = None
+    rfm_monetary: Quintile | None = None
+    rfm_cell: Annotated[str, StringConstraints(pattern=r"^[1-5]{3}$")] | None = None
+    rfm_segment: Literal[RFM_SEGMENTS] | None = None  # type: ignore[valid-type]
 
 
 class LifecycleScoreModelServed(EventData):
