@@ -221,3 +221,11 @@ async def isolate(engine: AsyncEngine) -> None:
                 "WHERE status IN ('pending', 'sending')"
             )
         )
+        # Earlier tests' segments must not be kept live (nor recomputed) meanwhile.
+        await conn.execute(sa.text("DELETE FROM campaigns.segment_members"))
+        await conn.execute(
+            sa.text(
+                "UPDATE campaigns.segments SET deleted_at = now(), recompute = NULL "
+                "WHERE deleted_at IS NULL"
+            )
+        )

@@ -46,6 +46,7 @@ from clm_campaigns.schemas import (
     TriggerVersion,
 )
 from clm_events.auth import AdminKey, ReadKey
+from clm_events.catalog import RFM_SEGMENTS, Stage
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
 
@@ -430,19 +431,58 @@ def _unprocessable_query(name: str, msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower().replace("'", ""))
+
+
+# "At risk" as published, or "at_risk" as typed in a URL ("Can't lose": "cant_lose").
+_RFM_NAMES = {**{_slug(n): n for n in RFM_SEGMENTS}, **{n: n for n in RFM_SEGMENTS}}
+
+
+def rfm_segment_names(value: str | None) -> list[str] | None:
+    """The RFM segment a filter names; 422 naming `rfm_segment` if none."""
+    if value is None:
+        return None
+    name = _RFM_NAMES.get(value) or _RFM_NAMES.get(_slug(value))
+    if name is None:
+        known = ", ".join(_slug(n) for n in RFM_SEGMENTS)
+        raise _unprocessable_query("rfm_segment", f"not an RFM segment (one of {known})")
+    return [name]
+
+
 @router.get("/customers")
 async def find_customers(
     session: Session,
     caller: ReadKey,
-    email: Annotated[str, Query(min_length=3, max_length=320)],
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
+    stage: Stage | None = None,
+    rfm_segment: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str, Query(max_length=256, description="`next` of the previous page")] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     """Customers with this email (case-insensitive), from the projection campaigns keeps,
     by id: `{"customers": [{"customer_id", "stage", "since", "email", "name"}],
     "truncated"}`; `truncated` is true when more than `limit` customers have it. Read or
-    admin key (ingest resolves an erasure by email through it)."""
-    found, truncated = await repository.find_customers_by_email(session, email, limit)
-    return {"customers": found, "truncated": truncated}
+    admin key (ingest resolves an erasure by email through it).
+
+    Without `email`, a filter is required: customers in `stage` and/or the RFM segment
+    `rfm_segment` (`at_risk` or "At risk"), by id, a page at a time: `{"customers": [...,
+    with "rfm_segment"], "next"}` (pass `next` as `after`)."""
+    if email is not None:
+        if limit > 100:
+            raise _unprocessable_query("limit", "at most 100 with email")
+        found, truncated = await repository.find_customers_by_email(session, email, limit)
+        return {"customers": found, "truncated": truncated}
+    if stage is None and rfm_segment is None:
+        raise _unprocessable_query("email", "give an email, or a stage or rfm_segment filter")
+    rows = await repository.list_customers(
+        session,
+        after=after,
+        limit=limit,
+        stage=stage.value if stage else None,
+        rfm_segments=rfm_segment_names(rfm_segment),
+    )
+    return {"customers": rows, "next": rows[-1]["customer_id"] if len(rows) == limit else None}
 
 
 @router.get("/privacy/customers/{customer_id}", tags=["privacy"])

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clm_campaigns import metrics, repository
+from clm_campaigns import metrics, repository, segments
 from clm_campaigns.domain import projection
 from clm_campaigns.domain.evaluate import condition_context, fires_on, render, template_context
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
@@ -232,6 +232,7 @@ class Campaigns:
     global_cap: GlobalCap
     default_timezone: str
     on_commit: Callable[[], None] | None = None
+    segments: segments.SegmentCache = field(default_factory=segments.SegmentCache)
 
     async def __call__(self, session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
         now = datetime.now(UTC)
@@ -256,6 +257,8 @@ class Campaigns:
             acted = await repository.entries(session, ids, [t.id for t in compiled])
         batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
         await repository.save_customers(session, states.values())
+        # Their segment membership, now and in this transaction (exactly once with it).
+        await segments.update_members(session, self.segments, states.values())
         await repository.insert_actions(session, batch.rows)
         await actions_fired(
             session,

@@ -2,11 +2,12 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from clm_campaigns import api, models, privacy
+from clm_campaigns import api, api_segments, models, privacy
 from clm_campaigns.config import Settings
 from clm_campaigns.dispatcher import Dispatcher
 from clm_campaigns.domain.policy import GlobalCap
 from clm_campaigns.handlers import Campaigns, TriggerCache
+from clm_campaigns.segments import Recompute, SegmentCache
 from clm_events.service import Runtime
 from clm_events.service import create_app as create_service_app
 
@@ -23,6 +24,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tombstones=rt.tombstones,
         on_outbox=relay.wake if relay is not None else None,
     )
+    segment_cache = SegmentCache()
+    recompute = Recompute(rt.sessions, segment_cache)
     campaigns = Campaigns(
         triggers=TriggerCache(),
         actions_topic=rt.topics.actions,
@@ -31,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         default_timezone=settings.default_timezone,
         on_commit=dispatcher.wake,
+        segments=segment_cache,
     )
     rt.add_consumer(
         group_id=settings.group_id,
@@ -39,7 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     rt.add_erasure(group_id=f"{settings.group_id}-privacy", erase=privacy.erase)
     rt.add_background("dispatcher", dispatcher.run)
-    app = create_service_app(rt, title="CLM campaigns", routers=[api.router])
+    rt.add_background("segment-recompute", recompute.run)
+    app = create_service_app(rt, title="CLM campaigns", routers=[api.router, api_segments.router])
     app.state.dispatcher = dispatcher
     app.state.campaigns = campaigns  # the API enrolls customers through it
+    app.state.recompute = recompute  # woken when a segment is saved
     return app

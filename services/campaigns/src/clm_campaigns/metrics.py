@@ -49,3 +49,8 @@ IDENTITY_MERGES = Counter(
     "clm_campaigns_identity_merges_total",
     "Anonymous ids merged into a known customer (lifecycle.customers_merged applied).",
 )
+SEGMENT_CHANGES = Counter(
+    "clm_campaigns_segment_changes_total",
+    "Customers who entered or left a segment on the live path (consumed batches).",
+    ["change"],
+)

@@ -100,3 +100,56 @@ actions = sa.Table(
         postgresql_where=sa.text("status IN ('pending', 'sending')"),
     ),
 )
+
+# A segment: a CEL condition over the projection (no event). Every change is also kept in
+# segment_versions; `recompute` is the background recomputation's progress.
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("condition", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_by", sa.Text, nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    # {"version", "done", "total", "after", "finished_at"}
+    sa.Column("recompute", JSONB),
+)
+
+segment_versions = sa.Table(
+    "segment_versions",
+    metadata,
+    sa.Column("segment_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("change", sa.Text, nullable=False),  # created, updated, deleted
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("condition", sa.Text, nullable=False),
+    sa.Column("changed_by", sa.Text, nullable=False),  # API key id
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# Who is in each segment now. Rows go with the customer's projection row (erasure, an
+# identity merge dropping the anonymous id) and with the segment.
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column(
+        "segment_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.segments.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "customer_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.customers.customer_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("segment_version", sa.Integer, nullable=False),  # that last decided it
+    sa.Index("ix_segment_members_customer", "customer_id"),
+)

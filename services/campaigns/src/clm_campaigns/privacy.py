@@ -13,7 +13,8 @@ from clm_campaigns import metrics, repository
 
 
 async def erase(session: AsyncSession, ids: list[str]) -> dict[str, int]:
-    """The projection rows of `ids` are deleted, their actions anonymised in place (trigger
+    """The projection rows of `ids` are deleted (and with them, by cascade, their segment
+    memberships), their actions anonymised in place (trigger
     stats and uplift keep their counts); rows per table. Unsent actions are suppressed as
     `erased` without a `campaign.action_fired`: it would name the person again."""
     customers, actions = await repository.erase_customers(session, ids)
@@ -38,4 +39,5 @@ async def export(session: AsyncSession, customer_id: str) -> dict[str, Any]:
         "found": customer is not None or bool(actions),
         "customer": customer,
         "actions": actions,
+        "segments": await repository.memberships_of(session, customer_id),
     }

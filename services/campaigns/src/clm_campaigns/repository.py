@@ -14,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_campaigns.domain.policy import PastContact
 from clm_campaigns.domain.projection import CustomerState
-from clm_campaigns.models import actions, customers, trigger_versions, triggers
+from clm_campaigns.models import (
+    actions,
+    customers,
+    segment_members,
+    segment_versions,
+    segments,
+    trigger_versions,
+    triggers,
+)
 
 # Statuses that count as contacting the customer (for caps and cooldowns).
 CONTACT_STATUSES = ("pending", "sending", "delivered")
@@ -888,3 +896,374 @@ _ERASE_ACTIONS = (
     )
     .returning(actions.c.trigger_id, actions.c.channel, actions.c.suppressed_reason)
 )
+
+
+# --- segments -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    id: str
+    version: int
+    name: str
+    description: str
+    condition: str
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+    recompute: dict[str, Any] | None
+
+
+_SEGMENT_COLUMNS = (
+    segments.c.id,
+    segments.c.version,
+    segments.c.name,
+    segments.c.description,
+    segments.c.condition,
+    segments.c.created_at,
+    segments.c.updated_at,
+    segments.c.updated_by,
+    segments.c.recompute,
+)
+_LIVE_SEGMENT = segments.c.deleted_at.is_(None)
+
+
+def _fresh_recompute(version: int) -> dict[str, Any]:
+    return {"version": version, "done": 0, "total": None, "after": "", "finished_at": None}
+
+
+async def insert_segment(
+    session: AsyncSession,
+    *,
+    segment_id: str,
+    name: str,
+    description: str,
+    condition: str,
+    by: str,
+) -> SegmentRow:
+    row = (
+        await session.execute(
+            segments.insert()
+            .values(
+                id=segment_id,
+                version=1,
+                name=name,
+                description=description,
+                condition=condition,
+                updated_by=by,
+                recompute=_fresh_recompute(1),
+            )
+            .returning(*_SEGMENT_COLUMNS)
+        )
+    ).one()
+    await _record_segment_version(session, SegmentRow(*row), "created")
+    return SegmentRow(*row)
+
+
+async def get_segment(
+    session: AsyncSession, segment_id: str, *, for_update: bool = False
+) -> SegmentRow | None:
+    """`for_update` conflicts with the key-share lock consumed batches and recompute pages
+    hold: a change waits for them, and they see it once it is committed."""
+    stmt = sa.select(*_SEGMENT_COLUMNS).where(segments.c.id == segment_id, _LIVE_SEGMENT)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return SegmentRow(*row) if row else None
+
+
+async def list_segments(session: AsyncSession) -> list[SegmentRow]:
+    rows = await session.execute(
+        sa.select(*_SEGMENT_COLUMNS)
+        .where(_LIVE_SEGMENT)
+        .order_by(segments.c.created_at, segments.c.id)
+    )
+    return [SegmentRow(*r) for r in rows]
+
+
+async def change_segment(
+    session: AsyncSession,
+    current: SegmentRow,
+    *,
+    change: str,
+    by: str,
+    name: str | None = None,
+    description: str | None = None,
+    condition: str | None = None,
+) -> SegmentRow:
+    """A new version (the caller holds the row lock from get_segment). An update starts a
+    recompute of the new version; a deletion drops the members."""
+    version = current.version + 1
+    values: dict[str, Any] = {"version": version, "updated_at": sa.func.now(), "updated_by": by}
+    if change == "deleted":
+        values.update(deleted_at=sa.func.now(), recompute=None)
+        await session.execute(
+            segment_members.delete().where(segment_members.c.segment_id == current.id)
+        )
+    else:
+        values.update(
+            name=name if name is not None else current.name,
+            description=description if description is not None else current.description,
+            condition=condition if condition is not None else current.condition,
+            recompute=_fresh_recompute(version),
+        )
+    row = (
+        await session.execute(
+            segments.update()
+            .where(segments.c.id == current.id)
+            .values(**values)
+            .returning(*_SEGMENT_COLUMNS)
+        )
+    ).one()
+    await _record_segment_version(session, SegmentRow(*row), change)
+    return SegmentRow(*row)
+
+
+async def _record_segment_version(session: AsyncSession, row: SegmentRow, change: str) -> None:
+    await session.execute(
+        segment_versions.insert().values(
+            segment_id=row.id,
+            version=row.version,
+            change=change,
+            name=row.name,
+            description=row.description,
+            condition=row.condition,
+            changed_by=row.updated_by,
+            changed_at=row.updated_at,
+        )
+    )
+
+
+async def list_segment_versions(session: AsyncSession, segment_id: str) -> list[dict[str, Any]]:
+    v = segment_versions
+    rows = await session.execute(
+        sa.select(
+            v.c.version,
+            v.c.change,
+            v.c.name,
+            v.c.description,
+            v.c.condition,
+            v.c.changed_by,
+            v.c.changed_at,
+        )
+        .where(v.c.segment_id == segment_id)
+        .order_by(v.c.version)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+# Key share: a segment change (FOR UPDATE) waits for the batches that evaluate its
+# current version, and every batch after it sees the change.
+_LIVE_SEGMENTS = (
+    sa.select(segments.c.id, segments.c.version, segments.c.condition)
+    .where(_LIVE_SEGMENT)
+    .order_by(segments.c.id)
+    .with_for_update(key_share=True, read=True)
+)
+
+
+async def live_segments(session: AsyncSession) -> list[tuple[str, int, str]]:
+    rows = await session.execute(_LIVE_SEGMENTS)
+    return [(r.id, r.version, r.condition) for r in rows]
+
+
+async def segment_for_recompute(
+    session: AsyncSession, segment_id: str
+) -> tuple[int, str, dict[str, Any] | None] | None:
+    """The segment's version, condition and recompute progress, locked FOR NO KEY UPDATE:
+    one recompute page at a time (another replica waits), a change (FOR UPDATE) waits,
+    consumed batches (key share) do not."""
+    row = (
+        await session.execute(
+            sa.select(segments.c.version, segments.c.condition, segments.c.recompute)
+            .where(segments.c.id == segment_id, _LIVE_SEGMENT)
+            .with_for_update(key_share=True)
+        )
+    ).first()
+    return (row.version, row.condition, row.recompute) if row else None
+
+
+async def segments_to_recompute(session: AsyncSession) -> list[str]:
+    rows = await session.execute(
+        sa.select(segments.c.id)
+        .where(
+            _LIVE_SEGMENT,
+            segments.c.recompute.is_not(None),
+            segments.c.recompute["finished_at"].astext.is_(None),
+        )
+        .order_by(segments.c.updated_at)
+    )
+    return list(rows.scalars())
+
+
+async def save_recompute(session: AsyncSession, segment_id: str, progress: dict[str, Any]) -> None:
+    """Only for the version it is of: a newer version restarted it meanwhile."""
+    await session.execute(
+        segments.update()
+        .where(
+            segments.c.id == segment_id,
+            segments.c.version == progress["version"],
+            _LIVE_SEGMENT,
+        )
+        .values(recompute=progress)
+    )
+
+
+async def count_customers(session: AsyncSession) -> int:
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(customers)) or 0)
+
+
+async def customers_page(
+    session: AsyncSession, after: str, limit: int, *, lock: bool = False
+) -> list[CustomerState]:
+    """Customers by id after `after` (keyset); `lock` as a consumed batch locks them."""
+    stmt = (
+        sa.select(customers)
+        .where(customers.c.customer_id > after)
+        .order_by(customers.c.customer_id)
+        .limit(limit)
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return [_state(r) for r in await session.execute(stmt)]
+
+
+async def set_memberships(
+    session: AsyncSession,
+    customer_ids: Sequence[str],
+    versions: dict[str, int],
+    members: Sequence[tuple[str, str]],
+) -> tuple[int, int]:
+    """The membership of `customer_ids` in the segments of `versions` (id -> version) is
+    exactly `members` ((segment, customer) pairs): rows of others are deleted, new ones
+    inserted (an existing one keeps its `since`). Returns (entered, left)."""
+    if not customer_ids or not versions:
+        return 0, 0
+    left = await session.execute(
+        _LEAVE,
+        {
+            "ids": list(customer_ids),
+            "segs": list(versions),
+            "m_seg": [s for s, _ in members],
+            "m_cust": [c for _, c in members],
+        },
+    )
+    entered = 0
+    if members:
+        rows = await session.execute(
+            _ENTER,
+            {
+                "m_seg": [s for s, _ in members],
+                "m_cust": [c for _, c in members],
+                "m_ver": [versions[s] for s, _ in members],
+            },
+        )
+        entered = sum(1 for r in rows if r.inserted)
+    return entered, len(left.all())
+
+
+_LEAVE = sa.text("""
+    DELETE FROM campaigns.segment_members m
+    WHERE m.customer_id = ANY(CAST(:ids AS text[])) AND m.segment_id = ANY(CAST(:segs AS text[]))
+      AND (m.segment_id, m.customer_id) NOT IN (
+        SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[])))
+    RETURNING m.customer_id
+""")
+_ENTER = sa.text("""
+    INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
+    SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[]), CAST(:m_ver AS int[]))
+    ORDER BY 1, 2
+    ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
+      WHERE m.segment_version <> EXCLUDED.segment_version
+    RETURNING (xmax = 0) AS inserted
+""")
+
+
+def _customer_filters(stage: str | None, rfm_segments: Sequence[str] | None) -> list[Any]:
+    where: list[Any] = []
+    if stage is not None:
+        where.append(customers.c.stage == stage)
+    if rfm_segments is not None:
+        where.append(customers.c.scores["rfm_segment"].astext.in_(list(rfm_segments)))
+    return where
+
+
+def _listed(r: Any) -> dict[str, Any]:
+    return {
+        "customer_id": r.customer_id,
+        "stage": r.stage,
+        "since": r.stage_at.isoformat() if r.stage_at else None,
+        "email": r.traits.get("email"),
+        "name": r.traits.get("name"),
+        "rfm_segment": r.scores.get("rfm_segment"),
+    }
+
+
+async def list_members(
+    session: AsyncSession,
+    segment_id: str,
+    *,
+    after: str,
+    limit: int,
+    stage: str | None = None,
+    rfm_segments: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """A segment's members by customer id after `after` (keyset), with their stage and
+    RFM segment."""
+    m, c = segment_members, customers
+    rows = await session.execute(
+        sa.select(
+            m.c.customer_id,
+            m.c.since,
+            m.c.segment_version,
+            c.c.stage,
+            c.c.stage_at,
+            c.c.traits,
+            c.c.scores,
+        )
+        .join(c, c.c.customer_id == m.c.customer_id)
+        .where(m.c.segment_id == segment_id, m.c.customer_id > after)
+        .where(*_customer_filters(stage, rfm_segments))
+        .order_by(m.c.customer_id)
+        .limit(limit)
+    )
+    return [
+        {**_listed(r), "member_since": r.since.isoformat(), "segment_version": r.segment_version}
+        for r in rows
+    ]
+
+
+async def segment_size(session: AsyncSession, segment_id: str) -> int:
+    m = segment_members
+    stmt = sa.select(sa.func.count()).select_from(m).where(m.c.segment_id == segment_id)
+    return int(await session.scalar(stmt) or 0)
+
+
+async def list_customers(
+    session: AsyncSession,
+    *,
+    after: str,
+    limit: int,
+    stage: str | None,
+    rfm_segments: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    c = customers
+    rows = await session.execute(
+        sa.select(c.c.customer_id, c.c.stage, c.c.stage_at, c.c.traits, c.c.scores)
+        .where(c.c.customer_id > after, *_customer_filters(stage, rfm_segments))
+        .order_by(c.c.customer_id)
+        .limit(limit)
+    )
+    return [_listed(r) for r in rows]
+
+
+async def memberships_of(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
+    """The segments one id is in (the privacy export)."""
+    m, s = segment_members, segments
+    rows = await session.execute(
+        sa.select(m.c.segment_id, s.c.name, m.c.since, m.c.segment_version)
+        .join(s, s.c.id == m.c.segment_id)
+        .where(m.c.customer_id == customer_id)
+        .order_by(m.c.segment_id)
+    )
+    return [dict(r._mapping) for r in rows]

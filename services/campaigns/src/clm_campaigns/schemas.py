@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from clm_campaigns.domain.conditions import ConditionError
+from clm_campaigns.domain.segments import compile_segment_condition
 from clm_campaigns.domain.triggers import TriggerDefinition
 
 ActionStatus = Literal["pending", "sending", "delivered", "failed", "suppressed", "held_out"]
@@ -96,3 +98,67 @@ class ActionOut(BaseModel):
     entry_key: str | None = Field(
         None, description="The customer entry the action is for (re-entry control)."
     )
+
+
+class SegmentIn(BaseModel):
+    """A segment; its condition is type-checked here (a 422 names `condition`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=2000)
+    condition: str = Field(
+        description="CEL over stage, facts, scores (with rfm_*) and traits; no event."
+    )
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, value: str) -> str:
+        try:
+            compile_segment_condition(value)
+        except ConditionError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+
+class EstimateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    condition: str
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, value: str) -> str:
+        return SegmentIn._condition(value)
+
+
+class Recomputation(BaseModel):
+    version: int
+    done: int
+    total: int | None
+    finished_at: datetime | None
+
+
+class SegmentOut(BaseModel):
+    id: str
+    version: int
+    name: str
+    description: str
+    condition: str
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str = Field(description="Id of the API key that made the latest change.")
+    size: int = Field(description="Members now.")
+    recompute: Recomputation | None = Field(
+        None, description="The background recomputation of the latest version's members."
+    )
+
+
+class SegmentVersion(BaseModel):
+    version: int
+    change: str
+    name: str
+    description: str
+    condition: str
+    changed_by: str
+    changed_at: datetime

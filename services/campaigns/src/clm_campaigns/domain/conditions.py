@@ -26,10 +26,11 @@ from typing import Any, NamedTuple
 
 import cel
 
-from clm_events.catalog import Stage
+from clm_events.catalog import RFM_SEGMENTS, Stage
 from clm_events.facts import FACTS
 
-VARIABLES = ("facts", "stage", "scores", "event")
+# traits: what the customer's identify calls said (free-form, not typed here).
+VARIABLES = ("facts", "stage", "scores", "event", "traits")
 MAX_LENGTH = 4096
 
 # The CEL type of everything a condition can name ("?" = may be null). Scores and the
@@ -41,6 +42,12 @@ TYPES: dict[str, str] = {
     "scores.p_alive": "double",
     "scores.expected_purchases": "double",
     "scores.model": "string",
+    # RFM (lifecycle.score_updated): quintiles 1-5, the cell ("545") and its named segment.
+    "scores.rfm_recency": "int",
+    "scores.rfm_frequency": "int",
+    "scores.rfm_monetary": "int",
+    "scores.rfm_cell": "string",
+    "scores.rfm_segment": "string",
     "stage": "string?",
     "event.id": "string",
     "event.source": "string",
@@ -58,6 +65,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "facts.subscription_status": ("none", "active", "cancelled"),
     "facts.open_ticket_max_priority": ("none", "low", "normal", "high", "urgent"),
     "stage": tuple(s.value for s in Stage),
+    "scores.rfm_segment": RFM_SEGMENTS,
 }
 _MAPS = ("facts", "scores", "event")
 _FIELDS = {
@@ -448,6 +456,10 @@ def _check_comparisons(tokens: list[Token]) -> None:
         if left is None or not right:
             continue
         for other in right:
+            if (isinstance(left, str) and left not in TYPES) or (
+                isinstance(other, str) and other not in TYPES
+            ):
+                continue  # traits: free-form, not typed
             if isinstance(left, str) and isinstance(other, Literal):
                 problem = _judge(left, token.text, other)
             elif isinstance(left, Literal) and isinstance(other, str) and token.text != "in":
@@ -503,7 +515,10 @@ def _contexts(
         rng = random.Random(0)
         rows = (tuple(rng.choice(v) for v in values) for _ in range(MAX_SAMPLES))
     for row in rows:
-        yield _context(dict(zip(paths, row, strict=True)))
+        context = _context(dict(zip(paths, row, strict=True)))
+        if "traits" in reads:
+            context["traits"] = {}  # untyped: accesses fail as missing, not as types
+        yield context
 
 
 def _context(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,7 @@ def occasion_of(context: dict[str, Any] | None) -> Occasion | None:
 
 
 _NO_EVENT = Occasion("", "", "", datetime.min.replace(tzinfo=UTC), {})
+NO_EVENT = _NO_EVENT  # what a segment, which sees no event, is evaluated with
 
 
 def condition_context(
@@ -125,6 +126,7 @@ def condition_context(
         "stage": lambda: state.stage,
         "scores": lambda: dict(state.scores),
         "event": occasion.as_context,
+        "traits": lambda: dict(state.traits),
     }
     return {name: build[name]() for name in (build if reads is None else reads)}
 

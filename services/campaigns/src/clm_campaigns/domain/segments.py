@@ -1,0 +1,34 @@
+"""Segments: a CEL condition over the customer as campaigns projects it (stage, facts,
+scores with RFM, traits; no event: a segment is a state, not an occasion)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clm_campaigns.domain.conditions import Condition, ConditionError, compile_condition
+from clm_campaigns.domain.evaluate import NO_EVENT, condition_context
+from clm_campaigns.domain.projection import CustomerState
+
+
+@dataclass(frozen=True)
+class CompiledSegment:
+    id: str
+    version: int
+    condition: Condition
+
+    def matches(self, state: CustomerState) -> bool:
+        return self.condition.matches(condition_context(state, NO_EVENT, self.condition.reads))
+
+
+def compile_segment_condition(source: str, *, check_types: bool = True) -> Condition:
+    """ConditionError when the condition does not compile, mixes types or reads the
+    event."""
+    condition = compile_condition(source, check_types=check_types)
+    if "event" in condition.reads:
+        raise ConditionError("a segment's condition sees no event: stage, facts, scores, traits")
+    return condition
+
+
+def members(segment: CompiledSegment, states: Iterable[CustomerState]) -> list[str]:
+    return [s.customer_id for s in states if segment.matches(s)]

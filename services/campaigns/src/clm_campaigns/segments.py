@@ -1,0 +1,156 @@
+"""Segment membership: kept live by the consumer (each batch re-evaluates its customers
+in its own transaction) and recomputed in the background when a segment is saved.
+
+Why the two agree with a full evaluation: a consumed batch locks its customers, then
+key-share locks the live segments (a segment change, FOR UPDATE, waits for it; every
+batch after the change sees the new version) and evaluates its customers against them.
+A recompute page locks its customers too (so it waits for the batches that hold them)
+and evaluates them under the lock against the segment's current version; a page of an
+outdated version stops. Whatever a customer's last writer was, it evaluated the
+customer's current projection against the segment's current version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clm_campaigns import metrics, repository
+from clm_campaigns.domain.projection import CustomerState
+from clm_campaigns.domain.segments import CompiledSegment, compile_segment_condition
+
+log = logging.getLogger(__name__)
+
+
+class SegmentCache:
+    """Live segments, read (key-share locked) each batch and compiled once per version."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, int], CompiledSegment] = {}
+
+    def compiled(self, segment_id: str, version: int, condition: str) -> CompiledSegment:
+        key = (segment_id, version)
+        if key not in self._compiled:
+            # Checked when saved; a stored one must keep running under laxer older rules.
+            self._compiled[key] = CompiledSegment(
+                segment_id, version, compile_segment_condition(condition, check_types=False)
+            )
+        return self._compiled[key]
+
+    async def live(self, session: AsyncSession) -> list[CompiledSegment]:
+        out = [self.compiled(*row) for row in await repository.live_segments(session)]
+        live = {(s.id, s.version) for s in out}
+        for key in [k for k in self._compiled if k not in live]:
+            del self._compiled[key]
+        return out
+
+
+async def update_members(
+    session: AsyncSession, cache: SegmentCache, states: Iterable[CustomerState]
+) -> None:
+    """Re-evaluate these customers (their projection just saved, in this transaction)
+    against every live segment and write who entered and who left."""
+    states = list(states)
+    if not states:
+        return
+    live = await cache.live(session)
+    if not live:
+        return
+    members = [(seg.id, s.customer_id) for seg in live for s in states if seg.matches(s)]
+    entered, left = await repository.set_memberships(
+        session, [s.customer_id for s in states], {seg.id: seg.version for seg in live}, members
+    )
+
+    def committed(_session: Any) -> None:  # counted once durable
+        metrics.SEGMENT_CHANGES.labels("entered").inc(entered)
+        metrics.SEGMENT_CHANGES.labels("left").inc(left)
+
+    sa.event.listen(session.sync_session, "after_commit", committed, once=True)
+
+
+async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int = 5000) -> int:
+    """How many customers match, over the whole projection in keyset pages (unlocked)."""
+    count, after = 0, ""
+    while True:
+        states = await repository.customers_page(session, after, page)
+        count += sum(1 for s in states if segment.matches(s))
+        if len(states) < page:
+            return count
+        after = states[-1].customer_id
+
+
+class Recompute:
+    """Recomputes the membership of saved segments, paced: one locked page of customers
+    per transaction and a short pause between pages, so consumed batches are never
+    held long. Progress is kept on the segment: a restart resumes where it stopped."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cache: SegmentCache,
+        *,
+        page: int = 2000,
+        pause: float = 0.05,
+    ) -> None:
+        self.sessions, self.cache, self.page, self.pause = sessions, cache, page, pause
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.pass_()
+            except Exception:
+                log.exception("segment recompute failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def pass_(self) -> None:
+        async with self.sessions() as session:
+            pending = await repository.segments_to_recompute(session)
+        for segment_id in pending:
+            more = True
+            while more:
+                more = await self.step(segment_id)
+                await asyncio.sleep(self.pause)  # paced: the consumer comes first
+
+    async def step(self, segment_id: str) -> bool:
+        """One page; False when the segment is done (or gone, or changed meanwhile)."""
+        async with self.sessions() as session, session.begin():
+            found = await repository.segment_for_recompute(session, segment_id)
+            if found is None:
+                return False
+            version, condition, progress = found
+            if progress is None or progress.get("finished_at") or progress["version"] != version:
+                return False
+            segment = self.cache.compiled(segment_id, version, condition)
+            if progress["total"] is None:
+                progress["total"] = await repository.count_customers(session)
+            states = await repository.customers_page(
+                session, progress["after"], self.page, lock=True
+            )
+            members = [(segment_id, s.customer_id) for s in states if segment.matches(s)]
+            await repository.set_memberships(
+                session, [s.customer_id for s in states], {segment_id: version}, members
+            )
+            progress["done"] += len(states)
+            if states:
+                progress["after"] = states[-1].customer_id
+            if len(states) < self.page:
+                progress["finished_at"] = datetime.now(UTC).isoformat()
+                # Counted when it started; customers seen since are done too.
+                progress["total"] = max(progress["total"], progress["done"])
+            # Under the segment's lock: a change waits for this page, then restarts.
+            await repository.save_recompute(session, segment_id, progress)
+        return progress["finished_at"] is None
