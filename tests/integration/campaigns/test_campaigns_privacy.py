@@ -242,6 +242,7 @@ async def test_an_erased_customer_leaves_only_anonymous_actions_and_the_stats_ke
             "found": False,
             "customer": None,
             "actions": [],
+            "segments": [],
         }
         gone = await client.get("/v1/customers", params={"email": email}, headers=bearer(read_key))
         assert gone.json() == {"customers": [], "truncated": False}

@@ -227,7 +227,7 @@ def _state(row: Any) -> CustomerState:
         facts=dict(row.facts),
         scores=dict(row.scores),
         scores_at=row.scores_at,
-        recent_purchases=list(row.recent_purchases),
+        recent_purchases=list(getattr(row, "recent_purchases", None) or []),
         stage_transition=row.stage_transition,
         stage_entry=row.stage_entry,
     )
@@ -1116,9 +1116,10 @@ async def count_customers(session: AsyncSession) -> int:
 async def customers_page(
     session: AsyncSession, after: str, limit: int, *, lock: bool = False
 ) -> list[CustomerState]:
-    """Customers by id after `after` (keyset); `lock` as a consumed batch locks them."""
+    """Customers by id after `after` (keyset); `lock` as a consumed batch locks them.
+    Without their recent purchases: conditions do not read them."""
     stmt = (
-        sa.select(customers)
+        sa.select(*(c for c in customers.c if c.name != "recent_purchases"))
         .where(customers.c.customer_id > after)
         .order_by(customers.c.customer_id)
         .limit(limit)

@@ -1,0 +1,162 @@
+"""Segments over HTTP: saving one computes its members in the background with visible
+progress, members page by customer id and export as CSV, the stage and RFM filters on
+members and on the plain customer list, and erasure and export of a member."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from kit import bearer, running, until
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from clm_campaigns import privacy, repository
+from clm_campaigns.domain.projection import CustomerState
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _customers(tag: str) -> list[CustomerState]:
+    """12 tagged customers: stage at_risk for even ones, RFM "At risk" for every third."""
+    return [
+        CustomerState(
+            f"{tag}-{i:02}",
+            stage="at_risk" if i % 2 == 0 else "active",
+            stage_at=NOW,
+            traits={"tag": tag, "email": f"{tag}-{i}@example.com"},
+            facts={"purchases_total": i},
+            scores={"rfm_segment": "At risk" if i % 3 == 0 else "Champions", "rfm_recency": 2},
+        )
+        for i in range(12)
+    ]
+
+
+async def test_members_page_export_and_filter(
+    migrated: str, bootstrap_servers: str, engine: AsyncEngine, admin_key: str, read_key: str
+) -> None:
+    tag = f"seg{uuid.uuid4().hex[:8]}"
+    people = _customers(tag)
+    sessions = async_sessionmaker(engine)
+    async with sessions() as s, s.begin():
+        await repository.save_customers(s, people)
+    admin, reader = bearer(admin_key), bearer(read_key)
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, _):
+        body = {
+            "name": "tagged",
+            "condition": f'traits.tag == "{tag}" && facts.purchases_total >= 2',
+        }
+        assert (await client.post("/v1/segments", json=body, headers=reader)).status_code == 403
+        created = await client.post("/v1/segments", json=body, headers=admin)
+        assert created.status_code == 201, created.text
+        url = f"/v1/segments/{created.json()['id']}"
+
+        async def finished() -> Any:
+            seg = (await client.get(url, headers=reader)).json()
+            return seg if (seg["recompute"] or {}).get("finished_at") else None
+
+        seg = await until(finished, "the segment's recompute")
+        assert seg["size"] == 10 and seg["version"] == 1
+        assert seg["recompute"]["done"] == seg["recompute"]["total"] >= 12
+        assert (await client.get(f"{url}/size", headers=reader)).json()["size"] == 10
+
+        # Keyset pages of 4: 4 + 4 + 2, by customer id.
+        seen, after = [], ""
+        while True:
+            page = (
+                await client.get(
+                    f"{url}/members", params={"after": after, "limit": 4}, headers=reader
+                )
+            ).json()
+            seen += [m["customer_id"] for m in page["members"]]
+            if page["next"] is None:
+                break
+            after = page["next"]
+        assert seen == [p.customer_id for p in people[2:]]
+
+        exported = await client.get(f"{url}/members", params={"format": "csv"}, headers=reader)
+        assert exported.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(exported.text)))
+        assert [r["customer_id"] for r in rows] == seen
+        assert rows[0]["stage"] == "at_risk" and rows[0]["segment_version"] == "1"
+
+        # Members filtered by stage and RFM segment (a slug or the published name).
+        filtered = await client.get(
+            f"{url}/members", params={"stage": "at_risk", "rfm_segment": "at_risk"}, headers=reader
+        )
+        assert [m["customer_id"] for m in filtered.json()["members"]] == [f"{tag}-06"]
+        bad = await client.get(f"{url}/members", params={"rfm_segment": "nope"}, headers=reader)
+        assert bad.status_code == 422 and "rfm_segment" in str(bad.json()["detail"])
+
+        # The plain customer list, no segment needed; email keeps its behaviour.
+        everyone: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            params = {"rfm_segment": "At risk", "limit": 1000, "after": after}
+            got = (await client.get("/v1/customers", params=params, headers=reader)).json()
+            everyone += got["customers"]
+            if got["next"] is None:
+                break
+            after = got["next"]
+        mine = [c["customer_id"] for c in everyone if c["customer_id"].startswith(tag)]
+        assert mine == [f"{tag}-{i:02}" for i in (0, 3, 6, 9)]
+        assert {c["rfm_segment"] for c in everyone} == {"At risk"}
+        both = await client.get(
+            "/v1/customers",
+            params={"stage": "active", "rfm_segment": "at_risk", "after": f"{tag}-"},
+            headers=reader,
+        )
+        assert [
+            c["customer_id"] for c in both.json()["customers"] if c["customer_id"].startswith(tag)
+        ] == [
+            f"{tag}-03",
+            f"{tag}-09",
+        ]
+        assert (await client.get("/v1/customers", headers=reader)).status_code == 422
+        by_email = await client.get(
+            "/v1/customers", params={"email": f"{tag}-3@example.com"}, headers=reader
+        )
+        assert by_email.json() == {
+            "customers": [
+                {
+                    "customer_id": f"{tag}-03",
+                    "stage": "active",
+                    "since": NOW.isoformat(),
+                    "email": f"{tag}-3@example.com",
+                    "name": None,
+                }
+            ],
+            "truncated": False,
+        }
+
+        # A new version is recomputed; the old members that no longer match leave.
+        body["condition"] = f'traits.tag == "{tag}" && stage == "at_risk"'
+        assert (await client.put(url, json=body, headers=admin)).status_code == 200
+
+        async def second() -> Any:
+            seg = await finished()
+            return seg if seg and seg["recompute"]["version"] == 2 else None
+
+        assert (await until(second, "the new version's recompute"))["size"] == 6
+
+        # Erasure removes the person's memberships; the export shows them before.
+        member = f"{tag}-04"
+        async with sessions() as s:
+            shown = await privacy.export(s, member)
+        assert [m["segment_id"] for m in shown["segments"]] == [created.json()["id"]]
+        async with sessions() as s, s.begin():
+            await privacy.erase(s, [member])
+        assert (await client.get(f"{url}/size", headers=reader)).json()["size"] == 5
+        async with sessions() as s:
+            assert (await privacy.export(s, member))["segments"] == []
+
+        assert (await client.delete(url, headers=admin)).status_code == 204
+        assert (await client.get(url, headers=reader)).status_code == 404
+        versions = (await client.get(f"{url}/versions", headers=reader)).json()
+        assert [(v["version"], v["change"]) for v in versions] == [
+            (1, "created"),
+            (2, "updated"),
+            (3, "deleted"),
+        ]
