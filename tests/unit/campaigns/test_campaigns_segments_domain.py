@@ -50,3 +50,16 @@ def test_rfm_filters_take_the_name_or_its_slug() -> None:
     assert rfm_segment_names("At risk") == ["At risk"]
     assert rfm_segment_names("cant_lose") == ["Can't lose"]
     assert rfm_segment_names(None) is None
+
+
+def test_a_segment_reads_the_facts_a_trigger_condition_would() -> None:
+    state = CustomerState(
+        "c1",
+        traits={"email": "a@example.com", "plan": "gold"},
+        facts={"purchases_total": 3, "email": "old@example.com", "clv": 1.0},
+        scores={"clv": "12.50", "churn_probability": None},
+    )
+    everything = state.all_facts()
+    assert state.some_facts(everything) == everything
+    names = ["email", "clv", "churn_probability", "purchases_total", "revenue_total"]
+    assert state.some_facts(names) == {n: everything[n] for n in names}

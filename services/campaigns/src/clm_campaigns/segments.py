@@ -78,7 +78,9 @@ async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int
     """How many customers match, over the whole projection in keyset pages (unlocked)."""
     count, after = 0, ""
     while True:
-        states = await repository.customers_page(session, after, page)
+        states = await repository.customers_page(
+            session, after, page, reads=segment.condition.reads
+        )
         count += sum(1 for s in states if segment.matches(s))
         if len(states) < page:
             return count
@@ -138,7 +140,7 @@ class Recompute:
             if progress["total"] is None:
                 progress["total"] = await repository.count_customers(session)
             states = await repository.customers_page(
-                session, progress["after"], self.page, lock=True
+                session, progress["after"], self.page, lock=True, reads=segment.condition.reads
             )
             members = [(segment_id, s.customer_id) for s in states if segment.matches(s)]
             await repository.set_memberships(

@@ -3,6 +3,7 @@ and recent purchases; and what each event means for triggers (an occasion)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from clm_events.facts import FACTS
 RECENT_PURCHASES = 10
 TRAIT_FACTS = ("email", "name", "timezone", "locale")
 MAX_TRAITS = 100
+_SCORE_FACTS = ("clv", "churn_probability")  # facts that the latest score overrides
 
 
 @dataclass
@@ -40,9 +42,21 @@ class CustomerState:
         for name in TRAIT_FACTS:
             if self.traits.get(name) is not None:
                 out[name] = self.traits[name]
-        for name in ("clv", "churn_probability"):
+        for name in _SCORE_FACTS:
             if self.scores.get(name) is not None:
                 out[name] = self.scores[name]
+        return out
+
+    def some_facts(self, names: Iterable[str]) -> dict[str, Any]:
+        """all_facts() for these names only (a pass over every customer reads a few)."""
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in TRAIT_FACTS and self.traits.get(name) is not None:
+                out[name] = self.traits[name]
+            elif name in _SCORE_FACTS and self.scores.get(name) is not None:
+                out[name] = self.scores[name]
+            elif name in FACTS:
+                out[name] = self.facts.get(name)
         return out
 
     def as_template(self) -> dict[str, Any]:

@@ -18,7 +18,12 @@ class CompiledSegment:
     condition: Condition
 
     def matches(self, state: CustomerState) -> bool:
-        return self.condition.matches(condition_context(state, NO_EVENT, self.condition.reads))
+        reads = self.condition.reads
+        context = condition_context(state, NO_EVENT, [r for r in reads if r != "facts"])
+        if "facts" in reads:  # only the facts it names, not the whole map (per customer)
+            names = reads["facts"]
+            context["facts"] = state.all_facts() if names is None else state.some_facts(names)
+        return self.condition.matches(context)
 
 
 def compile_segment_condition(source: str, *, check_types: bool = True) -> Condition:
