@@ -253,18 +253,32 @@ def _to_score_query() -> sa.Select[Any]:
 
 
 async def to_score(session: AsyncSession, customer_ids: Iterable[str]) -> list[ToScore]:
-    ids = list(customer_ids)
-    query = _to_score_query().where(customers.c.customer_id.in_(ids))
     # Lock the rows: a concurrent rescore page must not publish the same move twice.
-    return _to_score(await session.execute(query.with_for_update(of=customers)))
+    c = customers.c
+    lock = sa.select(c.customer_id).where(c.customer_id.in_(list(customer_ids)))
+    return await _locked_to_score(session, lock.order_by(c.customer_id).with_for_update())
 
 
 async def page_to_score(session: AsyncSession, after: str | None, limit: int) -> list[ToScore]:
     """The next page of customers by id (keyset pagination), for the scheduled rescore."""
-    query = _to_score_query().limit(limit)
+    c = customers.c
+    lock = sa.select(c.customer_id).order_by(c.customer_id).limit(limit)
     if after is not None:
-        query = query.where(customers.c.customer_id > after)
-    return _to_score(await session.execute(query.with_for_update(of=customers, skip_locked=True)))
+        lock = lock.where(c.customer_id > after)
+    return await _locked_to_score(session, lock.with_for_update(skip_locked=True))
+
+
+async def _locked_to_score(session: AsyncSession, lock: sa.Select[Any]) -> list[ToScore]:
+    """Lock the customers first, then read them with their scores in a statement of its
+    own: after waiting for a lock, a locking join would return the score row as it was
+    before the lock holder's commit (READ COMMITTED re-reads only the locked row), and a
+    stale published count publishes one event id twice."""
+    ids = list(await session.scalars(lock))
+    if not ids:
+        return []
+    return _to_score(
+        await session.execute(_to_score_query().where(customers.c.customer_id.in_(ids)))
+    )
 
 
 async def save_scores(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
