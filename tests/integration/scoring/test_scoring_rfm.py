@@ -185,9 +185,14 @@ async def test_cdnow_cut_points_equal_numpys_on_the_same_summary(
         scorer = Scorer(Settings(common=ClmSettings(database_url=url)), topics)
         jobs = Jobs(scorer, sessions, Tombstones(models.privacy_tombstones, b"k", timedelta(1)))
         try:
+            due_at_start = await jobs.until_cuts_due()
             async with sessions() as session, session.begin():
                 await repository.save_histories(session, histories)
             cuts = await jobs.recompute_cuts(trigger="test", as_of=as_of)
+            due_after = await jobs.until_cuts_due()
+            await jobs.refit(trigger="test", as_of=as_of)
+            async with sessions() as session:
+                after_refit = await repository.current_cuts(session)
             await jobs.rescore_all(as_of=as_of)
             s = models.scores.c
             async with sessions() as session:
@@ -207,6 +212,12 @@ async def test_cdnow_cut_points_equal_numpys_on_the_same_summary(
         "monetary": np.array([float(x.first_spend + x.repeat_spend) for x in h]),
     }
     assert cuts["customers"] == len(ids) == 2357
+    # The schedule computes cut points at once when there are none, then every interval;
+    # a refit computes new ones.
+    assert due_at_start == 0 and due_after > scorer.settings.rfm_interval - 60
+    assert after_refit is not None and after_refit["trigger"] == "refit"
+    assert after_refit["version"] == cuts["version"] + 1
+    assert [after_refit[m] for m in measures] == [cuts[m] for m in measures]
     for name, values in measures.items():
         assert cuts[name] == list(np.quantile(values, [0.2, 0.4, 0.6, 0.8])), name
 
