@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from campaignkit import cid, event, publish, transition
 from kit import bearer, running, until
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -160,3 +161,36 @@ async def test_members_page_export_and_filter(
             (2, "updated"),
             (3, "deleted"),
         ]
+
+
+async def test_a_consumed_transition_moves_the_customer_in_and_out(
+    migrated: str, bootstrap_servers: str, admin_key: str, read_key: str
+) -> None:
+    customer = cid()
+    reader = bearer(read_key)
+    async with running("clm_campaigns", migrated, bootstrap_servers) as (client, rt):
+        body = {"name": "at risk", "condition": f'stage == "at_risk" && traits.tag == "{customer}"'}
+        created = await client.post("/v1/segments", json=body, headers=bearer(admin_key))
+        url = f"/v1/segments/{created.json()['id']}"
+
+        async def members() -> list[str]:
+            page = (await client.get(f"{url}/members", headers=reader)).json()
+            return [m["customer_id"] for m in page["members"]]
+
+        tagged = event(customer, "web.identified", {"traits": {"tag": customer}})
+        await publish(bootstrap_servers, rt.topics.domain("web.identified"), customer, tagged)
+        await publish(
+            bootstrap_servers, rt.topics.transitions, customer, transition(customer, "at_risk")
+        )
+        await until(lambda: _is(members, [customer]), "the customer entering the segment")
+        await publish(
+            bootstrap_servers,
+            rt.topics.transitions,
+            customer,
+            transition(customer, "won_back", "at_risk"),
+        )
+        await until(lambda: _is(members, []), "the customer leaving the segment")
+
+
+async def _is(members: Any, expected: list[str]) -> bool:
+    return bool(await members() == expected)
