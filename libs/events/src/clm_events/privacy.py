@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clm_events.catalog import EventType
 from clm_events.envelope import CloudEvent, Event, PrivacyErasureRequestedEvent, new_event
 from clm_events.outbox import add_event
+from clm_events.settings import ClmSettings
 
 if TYPE_CHECKING:
     from clm_events.consumer import Delivery
@@ -78,6 +79,12 @@ class Tombstones:
     @property
     def _lock(self) -> int:
         return zlib.crc32(f"clm-privacy:{self.table.fullname}".encode())
+
+    @classmethod
+    def of(cls, table: sa.Table, common: ClmSettings) -> Tombstones:
+        """As every service process builds them: the same key finds the same hashes."""
+        key = common.privacy_hash_key.get_secret_value().encode()
+        return cls(table, key, timedelta(days=common.privacy_tombstone_days))
 
     def hash(self, customer_id: str) -> bytes:
         return hmac.new(self.key, customer_id.encode(), hashlib.sha256).digest()

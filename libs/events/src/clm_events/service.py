@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -95,15 +94,7 @@ class Runtime:
         )
         self.processed = processed
         self.outbox = outbox
-        self.tombstones = (
-            Tombstones(
-                tombstones,
-                common.privacy_hash_key.get_secret_value().encode(),
-                timedelta(days=common.privacy_tombstone_days),
-            )
-            if tombstones is not None
-            else None
-        )
+        self.tombstones = Tombstones.of(tombstones, common) if tombstones is not None else None
         self.relay = (
             OutboxRelay(
                 sessions=self.sessions,

@@ -1,5 +1,5 @@
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -66,12 +66,7 @@ def backfill(
         engine = db.create_engine(common.database_url, pool_size=1)
         try:
             topics = Topics(common.topic_prefix, common.topic_partitions)
-            # As the service's Runtime builds them: the same key finds the same hashes.
-            tombstones = Tombstones(
-                privacy_tombstones,
-                common.privacy_hash_key.get_secret_value().encode(),
-                timedelta(days=common.privacy_tombstone_days),
-            )
+            tombstones = Tombstones.of(privacy_tombstones, common)
             return await backfill_mod.run(
                 db.session_factory(engine),
                 StageEngine(topics),
