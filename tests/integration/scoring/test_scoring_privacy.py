@@ -212,15 +212,18 @@ async def test_an_erasure_leaves_nothing_of_the_customer_and_the_model_stays(
     assert [(x["anonymous_id"], x["customer_id"]) for x in k["linked_ids"]] == [(anon, kay)]
     assert before[anon]["found"] is True and before[anon]["orders"] == []
     assert before[anon]["linked_ids"] == k["linked_ids"]
+    # The refit computed RFM cut points: the segment changes are the customer's too.
+    assert k["rfm_moves"] and k["rfm_moves"][-1]["to_segment"] == k["score"]["rfm_segment"]
 
     # (a) Nothing of either id in any table; the completion counts what went.
     assert left == []
-    assert {t: n for t, n in erased.items() if t != "outbox"} == {
+    assert {t: n for t, n in erased.items() if t not in ("outbox", "rfm_moves")} == {
         "customers": 1,
         "scores": 1,
         "orders": 3,
         "identity_links": 1,
     }
+    assert erased["rfm_moves"] == len(k["rfm_moves"])
     assert erased["outbox"] >= 1  # the customer's published scores, at least the first
     for c in (kay, anon):
         assert after[c] == {
@@ -231,6 +234,7 @@ async def test_an_erasure_leaves_nothing_of_the_customer_and_the_model_stays(
             "summary": None,
             "score": None,
             "linked_ids": [],
+            "rfm_moves": [],
         }
     assert gone.status_code == 404
 
@@ -295,7 +299,14 @@ async def test_events_of_erased_ids_arriving_later_leave_nothing_and_a_second_re
         await _erase(bootstrap_servers, runtime, [olu, other])
 
     assert left == []
-    assert again == {"customers": 0, "scores": 0, "orders": 0, "identity_links": 0, "outbox": 0}
+    assert again == {
+        "customers": 0,
+        "scores": 0,
+        "orders": 0,
+        "identity_links": 0,
+        "rfm_moves": 0,
+        "outbox": 0,
+    }
 
 
 async def test_a_rescore_racing_an_erasure_never_writes_the_customer_back(own: str) -> None:

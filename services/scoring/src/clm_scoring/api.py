@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_scoring import repository
-from clm_scoring.jobs import Jobs
+from clm_scoring.domain.rfm import segment
+from clm_scoring.jobs import Jobs, describe_cuts
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
@@ -49,6 +51,14 @@ async def customer_score(customer_id: CustomerId, request: Request, _: ReadKey) 
         "model_version": row.model_version,
         "as_of": row.as_of,
         "scored_at": row.scored_at,
+        "rfm": {
+            "recency": row.rfm_recency,
+            "frequency": row.rfm_frequency,
+            "monetary": row.rfm_monetary,
+            "cell": row.rfm_cell,
+            "segment": row.rfm_segment,
+            "cuts_version": row.rfm_version,
+        },
         "summary": {
             "repeat_purchases": row.purchase_days - 1,
             "first_purchase_on": row.first_purchase_on,
@@ -90,7 +100,9 @@ async def privacy_export(customer_id: CustomerId, request: Request, _: AdminKey)
       spend, CLV, model, version, as of, scored at) and what `clm.scores` was last told
       (`published_*`), or null;
     - `linked_ids`: the anonymous ids merged into this customer, or the customer this
-      anonymous id was merged into (`anonymous_id`, `customer_id`, `linked_at`).
+      anonymous id was merged into (`anonymous_id`, `customer_id`, `linked_at`);
+    - `rfm_moves`: each change of the customer's RFM segment (`moved_at`,
+      `from_segment`, `to_segment`).
 
     200 with `found: false` and empty sections when nothing is held (never held, or
     erased)."""
@@ -104,7 +116,72 @@ async def privacy_export(customer_id: CustomerId, request: Request, _: AdminKey)
         "summary": held.summary,
         "score": held.score,
         "linked_ids": held.linked_ids,
+        "rfm_moves": held.rfm_moves,
     }
     # Money as decimal strings, as events carry it: a float would round it.
     encoded: dict[str, Any] = jsonable_encoder(body, custom_encoder={Decimal: str})
     return encoded
+
+
+@router.get("/rfm/cuts", tags=["rfm"])
+async def rfm_cuts(request: Request, _: ReadKey) -> dict[str, Any]:
+    """The current RFM cut points: version, when and as of which day they were computed,
+    over how many customers, and the four cut points of recency (days since the last
+    purchase), frequency (purchase days) and monetary (spend), ascending. Nulls before
+    any (no customers yet)."""
+    async with _jobs(request).sessions() as session:
+        row = await repository.current_cuts(session)
+    return describe_cuts(row)
+
+
+@router.get("/rfm", tags=["rfm"])
+async def rfm_grid(request: Request, _: ReadKey) -> dict[str, Any]:
+    """The R x F grid: customers and revenue (spend net of refunds) in each of the 25
+    cells, zeros included, under the cut-point version named; customers scored before
+    any cut points existed are counted in `unscored`."""
+    async with _jobs(request).sessions() as session:
+        cuts = await repository.current_cuts(session)
+        rows = await repository.rfm_grid(session)
+    held = {(r.rfm_recency, r.rfm_frequency): r for r in rows}
+    cells: list[dict[str, Any]] = [
+        {
+            "recency": r,
+            "frequency": f,
+            "segment": segment(r, f),
+            "customers": held[r, f].customers if (r, f) in held else 0,
+            "revenue": held[r, f].revenue if (r, f) in held else Decimal(0),
+        }
+        for r in range(5, 0, -1)
+        for f in range(1, 6)
+    ]
+    unscored = held.get((None, None))
+    body = {
+        "cuts_version": cuts["version"] if cuts else None,
+        "cells": cells,
+        "customers": sum(c["customers"] for c in cells),
+        "revenue": sum((c["revenue"] for c in cells), Decimal(0)),
+        "unscored": unscored.customers if unscored else 0,
+    }
+    encoded: dict[str, Any] = jsonable_encoder(body, custom_encoder={Decimal: str})
+    return encoded
+
+
+@router.get("/rfm/moves", tags=["rfm"])
+async def rfm_moves(
+    request: Request,
+    _: ReadKey,
+    start: Annotated[datetime, Query(alias="from", description="Window start (inclusive).")],
+    end: Annotated[datetime, Query(alias="to", description="Window end (exclusive).")],
+) -> dict[str, Any]:
+    """Customers moving between RFM segments over the window: each customer's segment
+    just before `from` (null: none yet, a new customer) against the one just before
+    `to`, counted per (from, to) pair; customers whose segment is the same at both ends
+    are left out."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(422, "from, to: give a time zone offset")
+    if end < start:
+        raise HTTPException(422, "to: before from")
+    async with _jobs(request).sessions() as session:
+        rows = await repository.rfm_flows(session, start, end)
+    moves = [{"from": r.from_segment, "to": r.to_segment, "customers": r.customers} for r in rows]
+    return {"from": start, "to": end, "moves": moves}

@@ -48,6 +48,9 @@ class Settings(ServiceSettings):
     rescore_interval: float = Field(
         3_600.0, gt=0, description="Seconds between rescoring every customer (P(alive) decays)."
     )
+    rfm_interval: float = Field(
+        86_400.0, gt=0, description="Seconds between recomputing the RFM cut points."
+    )
     rescore_page_size: int = Field(
         2_000, ge=1, le=100_000, description="Customers per rescore transaction."
     )

@@ -23,6 +23,7 @@ from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_scoring import metrics, models, repository
 from clm_scoring.config import Settings
+from clm_scoring.domain import rfm
 from clm_scoring.domain.arrays import Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport, choose
 from clm_scoring.domain.scores import (
@@ -35,7 +36,7 @@ from clm_scoring.domain.scores import (
     top_decile,
 )
 from clm_scoring.domain.scores import score as compute_scores
-from clm_scoring.domain.summary import summarize
+from clm_scoring.domain.summary import PurchaseHistory, summarize
 from clm_scoring.served import model_of, served_model
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,13 @@ class Scorer:
             mean_spend=[v.mean_spend for v in summaries],
         )
         churn = s.churn_probability
+        cuts = await repository.current_cuts(session)
         now = datetime.now(UTC)
         rows: list[dict[str, Any]] = []
         events: list[CloudEvent] = []
+        moves: list[dict[str, Any]] = []
         for i, c in enumerate(customers):
+            r = rfm_of(cuts, c.history, as_of)
             clv = round(float(s.clv[i]), 2)
             p_alive, churn_i = float(s.p_alive[i]), float(churn[i])
             expected = float(s.expected_purchases[i])
@@ -155,7 +159,18 @@ class Scorer:
                 "published_clv": c.published_clv,
                 "published_model": c.published_model,
                 "published_count": c.published_count,
+                **r,
+                "published_rfm_cell": c.published_rfm_cell,
             }
+            if r["rfm_segment"] is not None and r["rfm_segment"] != c.rfm_segment:
+                moves.append(
+                    {
+                        "customer_id": c.customer_id,
+                        "moved_at": now,
+                        "from_segment": c.rfm_segment,
+                        "to_segment": r["rfm_segment"],
+                    }
+                )
             before = (
                 Published(c.published_churn_probability, c.published_clv, c.published_model)
                 if c.published_churn_probability is not None
@@ -163,7 +178,11 @@ class Scorer:
                 and c.published_model is not None
                 else None
             )
-            if material(self.rule, before, churn_i, clv, model.kind.value):
+            # A new RFM cell is a move too: consumers keep the cell and segment published.
+            if (
+                material(self.rule, before, churn_i, clv, model.kind.value)
+                or r["rfm_cell"] != c.published_rfm_cell
+            ):
                 count = c.published_count + 1
                 event = new_event(
                     "lifecycle.score_updated",
@@ -177,6 +196,7 @@ class Scorer:
                         "p_alive": p_alive,
                         "expected_purchases": expected,
                         "model": model.kind.value,
+                        **{k: v for k, v in r.items() if k != "rfm_version" and v is not None},
                     },
                 )
                 events.append(event)
@@ -185,15 +205,45 @@ class Scorer:
                     published_clv=clv,
                     published_model=model.kind.value,
                     published_count=count,
+                    published_rfm_cell=r["rfm_cell"],
                 )
             rows.append(row)
             metrics.CHURN_PROBABILITY.observe(churn_i)
             metrics.CLV.observe(clv)
         await repository.save_scores(session, rows)
+        await repository.add_moves(session, moves)
         await add_events(session, models.outbox, self.topics.scores, events)
         metrics.SCORES_COMPUTED.labels(trigger).inc(len(rows))
         metrics.SCORES_PUBLISHED.labels(trigger).inc(len(events))
         return len(events)
+
+
+def rfm_of(cuts: Mapping[str, Any] | None, h: PurchaseHistory, as_of: date) -> dict[str, Any]:
+    """The score row's RFM columns under these cut points (all null without any)."""
+    if cuts is None:
+        return dict.fromkeys(RFM_COLUMNS)
+    c = rfm.Cuts(tuple(cuts["recency"]), tuple(cuts["frequency"]), tuple(cuts["monetary"]))
+    r = rfm.score(
+        c, (as_of - h.last_day).days, h.purchase_days, float(h.first_spend + h.repeat_spend)
+    )
+    return {
+        "rfm_recency": r.recency,
+        "rfm_frequency": r.frequency,
+        "rfm_monetary": r.monetary,
+        "rfm_cell": r.cell,
+        "rfm_segment": r.segment,
+        "rfm_version": cuts["version"],
+    }
+
+
+RFM_COLUMNS = (
+    "rfm_recency",
+    "rfm_frequency",
+    "rfm_monetary",
+    "rfm_cell",
+    "rfm_segment",
+    "rfm_version",
+)
 
 
 def event(served: ServedModel) -> CloudEvent:
@@ -207,6 +257,19 @@ def event(served: ServedModel) -> CloudEvent:
         time=served.fitted_at,
         data=served.to_json(),
     )
+
+
+def describe_cuts(row: Mapping[str, Any] | None) -> dict[str, Any]:
+    """GET /v1/rfm/cuts: the current cut points, or nulls before any."""
+    keys = ("version", "computed_at", "as_of", "customers", "trigger")
+    cuts = ("recency", "frequency", "monetary")
+    if row is None:
+        return {**dict.fromkeys(keys), **dict.fromkeys(cuts), "quantiles": list(rfm.QUANTILES)}
+    return {
+        **{k: row[k] for k in keys},
+        **{k: list(row[k]) for k in cuts},
+        "quantiles": list(rfm.QUANTILES),
+    }
 
 
 @dataclass
@@ -255,6 +318,7 @@ class Jobs:
             if published:
                 await add_events(session, models.outbox, scorer.topics.models, [event(served)])
                 await repository.mark_published(session, served.version)
+        await self.recompute_cuts(trigger="refit", as_of=as_of)
         metrics.FIT_SECONDS.observe(report.seconds)
         log.info(
             "model fitted",
@@ -268,6 +332,20 @@ class Jobs:
             },
         )
         return await self.describe_model()
+
+    async def recompute_cuts(self, *, trigger: str, as_of: date | None = None) -> dict[str, Any]:
+        """Store new RFM cut points over the current base (none while it is empty) and
+        return the current ones; scores take them at their next rescore."""
+        as_of = as_of or today()
+        async with self.sessions() as session, session.begin():
+            recency, frequency, monetary = await repository.rfm_measures(session, as_of)
+            if recency.size:
+                cuts = rfm.cuts_of(recency, frequency, monetary)
+                await repository.save_cuts(
+                    session, cuts, as_of=as_of, customers=int(recency.size), trigger=trigger
+                )
+            row = await repository.current_cuts(session)
+        return describe_cuts(row)
 
     async def describe_model(self) -> dict[str, Any]:
         """What is served and why: GET /v1/model."""
@@ -393,6 +471,27 @@ class Jobs:
             return 0.0
         age: float = (datetime.now(UTC) - current["fitted_at"]).total_seconds()
         return max(0.0, self.settings.refit_interval - age)
+
+    async def rfm_loop(self) -> None:
+        """New cut points every RFM_INTERVAL (a refit computes them too), then rescore."""
+        delay = await self.until_cuts_due()
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.recompute_cuts(trigger="schedule")
+                await self.rescore_all()
+            except Exception:
+                log.exception("scheduled RFM cut points failed; retrying at the next interval")
+            delay = self.settings.rfm_interval
+
+    async def until_cuts_due(self) -> float:
+        """Seconds until the current cut points are RFM_INTERVAL old (0: none yet)."""
+        async with self.sessions() as session:
+            current = await repository.current_cuts(session)
+        if current is None:
+            return 0.0
+        age: float = (datetime.now(UTC) - current["computed_at"]).total_seconds()
+        return max(0.0, self.settings.rfm_interval - age)
 
     async def rescore_loop(self) -> None:
         while True:

@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rt.add_erasure(group_id=f"{settings.group_id}-privacy", erase=repository.erase)
     rt.add_background("refit", jobs.refit_loop)
     rt.add_background("rescore", jobs.rescore_loop)
+    rt.add_background("rfm", jobs.rfm_loop)
     app = create_service_app(rt, title="CLM scoring", routers=[api.router])
     app.state.jobs = jobs
     return app

@@ -1,7 +1,7 @@
 """Tables of the scoring service, all in its own schema."""
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from clm_events.db import outbox_table, processed_events_table
 from clm_events.privacy import tombstones_table
@@ -67,6 +67,45 @@ scores = sa.Table(
     sa.Column("published_clv", sa.Float),
     sa.Column("published_model", sa.Text),
     sa.Column("published_count", sa.Integer, nullable=False, server_default="0"),
+    # RFM quintiles (5: most recent, frequent, spent), cell and segment under the cut
+    # points of rfm_version; null while no cut points exist.
+    sa.Column("rfm_recency", sa.SmallInteger),
+    sa.Column("rfm_frequency", sa.SmallInteger),
+    sa.Column("rfm_monetary", sa.SmallInteger),
+    sa.Column("rfm_cell", sa.Text),
+    sa.Column("rfm_segment", sa.Text),
+    sa.Column("rfm_version", sa.BigInteger),
+    sa.Column("published_rfm_cell", sa.Text),
+)
+
+# Versioned RFM cut points: four per measure, ascending on its raw scale (recency in
+# days since the last purchase as of `as_of`, purchase days, spend).
+rfm_cuts = sa.Table(
+    "rfm_cuts",
+    metadata,
+    sa.Column("version", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "computed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("recency", ARRAY(sa.Float), nullable=False),
+    sa.Column("frequency", ARRAY(sa.Float), nullable=False),
+    sa.Column("monetary", ARRAY(sa.Float), nullable=False),
+)
+
+# A row each time a customer's RFM segment changes (from null: their first one), so that
+# the moves over a window are one grouped query.
+rfm_moves = sa.Table(
+    "rfm_moves",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("moved_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("from_segment", sa.Text),
+    sa.Column("to_segment", sa.Text, nullable=False),
+    sa.Index("ix_rfm_moves_customer_id_moved_at", "customer_id", "moved_at"),
 )
 
 model_versions = sa.Table(

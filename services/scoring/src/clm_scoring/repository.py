@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -17,9 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_scoring.domain.arrays import Floats, Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport
+from clm_scoring.domain.rfm import Cuts
 from clm_scoring.domain.scores import Policy
 from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
-from clm_scoring.models import customers, identity_links, model_versions, orders, scores
+from clm_scoring.models import (
+    customers,
+    identity_links,
+    model_versions,
+    orders,
+    rfm_cuts,
+    rfm_moves,
+    scores,
+)
 
 REFIT_LOCK = zlib.crc32(b"clm-scoring:refit")
 # Advisory locks live in one key space for the whole database: the seed keeps scoring's
@@ -187,6 +196,7 @@ async def delete_customers(session: AsyncSession, ids: Iterable[str]) -> None:
     if ids := sorted(set(ids)):
         await session.execute(customers.delete().where(customers.c.customer_id.in_(ids)))
         await session.execute(scores.delete().where(scores.c.customer_id.in_(ids)))
+        await session.execute(rfm_moves.delete().where(rfm_moves.c.customer_id.in_(ids)))
 
 
 # -- scores ---------------------------------------------------------------------------
@@ -200,6 +210,8 @@ class ToScore:
     published_clv: float | None
     published_model: str | None
     published_count: int
+    rfm_segment: str | None = None  # the segment of the stored score
+    published_rfm_cell: str | None = None
 
 
 def _to_score(rows: Iterable[Any]) -> list[ToScore]:
@@ -217,6 +229,8 @@ def _to_score(rows: Iterable[Any]) -> list[ToScore]:
             r.published_clv,
             r.published_model,
             r.published_count or 0,
+            r.rfm_segment,
+            r.published_rfm_cell,
         )
         for r in rows
     ]
@@ -230,6 +244,8 @@ def _to_score_query() -> sa.Select[Any]:
             scores.c.published_clv,
             scores.c.published_model,
             scores.c.published_count,
+            scores.c.rfm_segment,
+            scores.c.published_rfm_cell,
         )
         .select_from(customers.outerjoin(scores, scores.c.customer_id == customers.c.customer_id))
         .order_by(customers.c.customer_id)
@@ -237,18 +253,32 @@ def _to_score_query() -> sa.Select[Any]:
 
 
 async def to_score(session: AsyncSession, customer_ids: Iterable[str]) -> list[ToScore]:
-    ids = list(customer_ids)
-    query = _to_score_query().where(customers.c.customer_id.in_(ids))
     # Lock the rows: a concurrent rescore page must not publish the same move twice.
-    return _to_score(await session.execute(query.with_for_update(of=customers)))
+    c = customers.c
+    lock = sa.select(c.customer_id).where(c.customer_id.in_(list(customer_ids)))
+    return await _locked_to_score(session, lock.order_by(c.customer_id).with_for_update())
 
 
 async def page_to_score(session: AsyncSession, after: str | None, limit: int) -> list[ToScore]:
     """The next page of customers by id (keyset pagination), for the scheduled rescore."""
-    query = _to_score_query().limit(limit)
+    c = customers.c
+    lock = sa.select(c.customer_id).order_by(c.customer_id).limit(limit)
     if after is not None:
-        query = query.where(customers.c.customer_id > after)
-    return _to_score(await session.execute(query.with_for_update(of=customers, skip_locked=True)))
+        lock = lock.where(c.customer_id > after)
+    return await _locked_to_score(session, lock.with_for_update(skip_locked=True))
+
+
+async def _locked_to_score(session: AsyncSession, lock: sa.Select[Any]) -> list[ToScore]:
+    """Lock the customers first, then read them with their scores in a statement of its
+    own: after waiting for a lock, a locking join would return the score row as it was
+    before the lock holder's commit (READ COMMITTED re-reads only the locked row), and a
+    stale published count publishes one event id twice."""
+    ids = list(await session.scalars(lock))
+    if not ids:
+        return []
+    return _to_score(
+        await session.execute(_to_score_query().where(customers.c.customer_id.in_(ids)))
+    )
 
 
 async def save_scores(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -278,6 +308,92 @@ async def churn_distribution(session: AsyncSession) -> dict[int, int]:
     bucket = sa.func.least(sa.func.floor(scores.c.churn_probability * 10), 9).label("bucket")
     rows = await session.execute(sa.select(bucket, sa.func.count()).group_by(bucket))
     return {int(b): int(n) for b, n in rows}
+
+
+# -- RFM ------------------------------------------------------------------------------
+
+
+async def rfm_measures(session: AsyncSession, as_of: date) -> list[Floats]:
+    """Every customer's recency (days since the last purchase as of `as_of`), frequency
+    (purchase days) and monetary value (spend net of refunds), as arrays."""
+    c = customers.c
+    recency = sa.literal(as_of) - c.last_purchase_on
+    return await _arrays(
+        session, sa.select(recency, c.purchase_days, c.first_spend + c.repeat_spend)
+    )
+
+
+async def save_cuts(
+    session: AsyncSession, cuts: Cuts, *, as_of: date, customers: int, trigger: str
+) -> Mapping[str, Any]:
+    row = await session.execute(
+        rfm_cuts.insert()
+        .values(
+            as_of=as_of,
+            customers=customers,
+            trigger=trigger,
+            recency=list(cuts.recency),
+            frequency=list(cuts.frequency),
+            monetary=list(cuts.monetary),
+        )
+        .returning(*rfm_cuts.c)
+    )
+    return dict(row.mappings().one())
+
+
+async def current_cuts(session: AsyncSession) -> Mapping[str, Any] | None:
+    """The latest cut points: the ones scores are computed under."""
+    query = sa.select(rfm_cuts).order_by(rfm_cuts.c.version.desc()).limit(1)
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def add_moves(session: AsyncSession, moves: Sequence[dict[str, Any]]) -> None:
+    if moves:
+        await session.execute(rfm_moves.insert(), list(moves))
+
+
+async def rfm_grid(session: AsyncSession) -> list[Any]:
+    """Customers and revenue per scored (R, F) pair; revenue is spend net of refunds."""
+    s, c = scores.c, customers.c
+    return list(
+        await session.execute(
+            sa.select(
+                s.rfm_recency,
+                s.rfm_frequency,
+                sa.func.count().label("customers"),
+                sa.func.coalesce(sa.func.sum(c.first_spend + c.repeat_spend), 0).label("revenue"),
+            )
+            .join(customers, c.customer_id == s.customer_id)
+            .group_by(s.rfm_recency, s.rfm_frequency)
+        )
+    )
+
+
+async def rfm_flows(session: AsyncSession, start: datetime, end: datetime) -> list[Any]:
+    """(from, to, customers): each customer's segment before `start` (null: none yet)
+    and before `end`, for those whose segment differs."""
+    return list(await session.execute(_FLOWS, {"start": start, "end": end}))
+
+
+_SEGMENT_BEFORE = f"""
+    SELECT DISTINCT ON (customer_id) customer_id, to_segment AS segment
+    FROM {rfm_moves.fullname} WHERE moved_at < :{{}}
+    ORDER BY customer_id, moved_at DESC, id DESC
+"""
+_FLOWS = sa.text(
+    f"""
+    WITH before AS ({_SEGMENT_BEFORE.format("start")}),
+         after AS ({_SEGMENT_BEFORE.format("end")})
+    SELECT b.segment AS from_segment, a.segment AS to_segment, count(*) AS customers
+    FROM after AS a LEFT JOIN before AS b USING (customer_id)
+    WHERE b.segment IS DISTINCT FROM a.segment
+    GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+    """
+).bindparams(
+    sa.bindparam("start", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("end", type_=sa.DateTime(timezone=True)),
+)
 
 
 # -- fitting data and model versions --------------------------------------------------
@@ -454,6 +570,9 @@ async def erase(session: AsyncSession, ids: list[str]) -> dict[str, int]:
             session,
             identity_links.delete().where(sa.or_(i.anonymous_id.in_(ids), i.customer_id.in_(ids))),
         ),
+        "rfm_moves": await _deleted(
+            session, rfm_moves.delete().where(rfm_moves.c.customer_id.in_(ids))
+        ),
     }
 
 
@@ -470,10 +589,11 @@ class Held:
     summary: Mapping[str, Any] | None
     score: Mapping[str, Any] | None
     linked_ids: list[Mapping[str, Any]]  # identity_links rows naming it, either side
+    rfm_moves: list[Mapping[str, Any]]
 
     @property
     def found(self) -> bool:
-        return bool(self.orders or self.summary or self.score or self.linked_ids)
+        return bool(self.orders or self.summary or self.score or self.linked_ids or self.rfm_moves)
 
 
 async def held_of(session: AsyncSession, customer_id: str) -> Held:
@@ -492,11 +612,18 @@ async def held_of(session: AsyncSession, customer_id: str) -> Held:
         .where(sa.or_(i.anonymous_id == customer_id, i.customer_id == customer_id))
         .order_by(i.linked_at, i.anonymous_id)
     )
+    m = rfm_moves.c
+    moves = await session.execute(
+        sa.select(m.moved_at, m.from_segment, m.to_segment)
+        .where(m.customer_id == customer_id)
+        .order_by(m.moved_at, m.id)
+    )
     return Held(
         [dict(r) for r in order_rows.mappings()],
         _without_id(summary.mappings().first()),
         _without_id(score.mappings().first()),
         [dict(r) for r in links.mappings()],
+        [dict(r) for r in moves.mappings()],
     )
 
 
