@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kit import bearer, make_key, produce, purchase, running
+from kit import bearer, fresh_database, make_key, produce, purchase, running
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -87,17 +87,19 @@ def _story(anon: str, known: str, orders: list[Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def sessions(migrated: str) -> AsyncIterator[Any]:
-    """Sessions on the test database. The ids these tests score are deleted afterwards:
-    refits in other tests fit on every customer stored, and random histories left behind
-    would move the model those tests expect."""
-    engine: AsyncEngine = db.create_engine(migrated)
+async def own_database(database_url: str) -> AsyncIterator[str]:
+    """A database of these tests' own: a scoring service started by another test on the
+    shared one rescores every customer it holds after new RFM cut points, and its relay
+    would publish (and delete) the score events these tests count; and the random
+    histories scored here would move the models other tests' refits expect."""
+    async with fresh_database(database_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def sessions(own_database: str) -> AsyncIterator[Any]:
+    engine: AsyncEngine = db.create_engine(own_database)
     yield db.session_factory(engine)
-    async with engine.begin() as conn:
-        for table in (models.orders, models.customers, models.scores):
-            await conn.execute(table.delete().where(table.c.customer_id.like(f"{TAG}%")))
-        links = models.identity_links
-        await conn.execute(links.delete().where(links.c.customer_id.like(f"{TAG}%")))
     await engine.dispose()
 
 
@@ -268,15 +270,15 @@ async def test_a_second_customer_for_the_same_anonymous_id_is_refused_and_counte
 
 
 async def test_a_merged_anonymous_id_answers_with_its_customer_s_score(
-    migrated: str, bootstrap_servers: str, sessions: Any
+    own_database: str, bootstrap_servers: str
 ) -> None:
     """Through the broker: guest purchases on the purchase topic, then a page view and the
     link on the web topic; the anonymous id's score is then the customer's."""
-    key = await make_key(migrated, "read")
+    key = await make_key(own_database, "read")
     u = uuid.uuid4().hex[:8]
     anon, known = f"{TAG}anon-{u}", f"{TAG}known-{u}"
     now = datetime.now(UTC)
-    async with running("clm_scoring", migrated, bootstrap_servers) as (client, runtime):
+    async with running("clm_scoring", own_database, bootstrap_servers) as (client, runtime):
         topics = runtime.topics
         guest = [
             purchase(anon, f"g{n}-{u}", "30.00", time=(now - timedelta(days=d)).isoformat())

@@ -47,6 +47,7 @@ from clm_campaigns.schemas import (
 )
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import RFM_SEGMENTS, Stage
+from clm_events.errors import unprocessable
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
 
@@ -59,10 +60,6 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(_session)]
-
-
-def _unprocessable(loc: list[str], msg: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
 def _masked(definition: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +93,7 @@ async def _check_webhook(request: Request, definition: TriggerDefinition) -> Non
     try:
         await asyncio.wait_for(check_target(action.url, allowed), timeout=2.0)
     except SsrfRefused as exc:
-        raise _unprocessable(["action", "url"], str(exc)) from exc
+        raise unprocessable("body", "action", "url", msg=str(exc)) from exc
     except (OSError, TimeoutError):
         pass
 
@@ -408,10 +405,12 @@ async def trigger_stats_series(
     end = end or datetime.now(UTC)
     start = start or end - timedelta(days=30)
     if start >= end:
-        raise _unprocessable_query("from", "must be before 'to'")
+        raise unprocessable("query", "from", msg="must be before 'to'")
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
     if (end - start) / step > MAX_BUCKETS:
-        raise _unprocessable_query("from", f"the window spans more than {MAX_BUCKETS} buckets")
+        raise unprocessable(
+            "query", "from", msg=f"the window spans more than {MAX_BUCKETS} buckets"
+        )
     if not await repository.trigger_exists(session, trigger_id):
         raise HTTPException(404, f"trigger {trigger_id!r} not found")
     points = await repository.trigger_series(session, trigger_id, start, end, bucket)
@@ -425,10 +424,6 @@ async def trigger_stats_series(
 
 
 MAX_BUCKETS = 1000
-
-
-def _unprocessable_query(name: str, msg: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
 def _slug(name: str) -> str:
@@ -446,7 +441,7 @@ def rfm_segment_names(value: str | None) -> list[str] | None:
     name = _RFM_NAMES.get(value) or _RFM_NAMES.get(_slug(value))
     if name is None:
         known = ", ".join(_slug(n) for n in RFM_SEGMENTS)
-        raise _unprocessable_query("rfm_segment", f"not an RFM segment (one of {known})")
+        raise unprocessable("query", "rfm_segment", msg=f"not an RFM segment (one of {known})")
     return [name]
 
 
@@ -470,11 +465,11 @@ async def find_customers(
     with "rfm_segment"], "next"}` (pass `next` as `after`)."""
     if email is not None:
         if limit > 100:
-            raise _unprocessable_query("limit", "at most 100 with email")
+            raise unprocessable("query", "limit", msg="at most 100 with email")
         found, truncated = await repository.find_customers_by_email(session, email, limit)
         return {"customers": found, "truncated": truncated}
     if stage is None and rfm_segment is None:
-        raise _unprocessable_query("email", "give an email, or a stage or rfm_segment filter")
+        raise unprocessable("query", "email", msg="give an email, or a stage or rfm_segment filter")
     rows = await repository.list_customers(
         session,
         after=after,
@@ -539,7 +534,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at, action_id = base64.urlsafe_b64decode(cursor).decode().split("|", 1)
         moment = datetime.fromisoformat(created_at)
     except ValueError:  # bad base64, UTF-8, separator or time (binascii.Error is one)
-        raise _unprocessable_query("cursor", "not a cursor this endpoint returned") from None
+        raise unprocessable("query", "cursor", msg="not a cursor this endpoint returned") from None
     if moment.tzinfo is None or not action_id:
-        raise _unprocessable_query("cursor", "not a cursor this endpoint returned")
+        raise unprocessable("query", "cursor", msg="not a cursor this endpoint returned")
     return moment, action_id

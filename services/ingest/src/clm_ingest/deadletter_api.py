@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.auth import AdminKey, ReadKey
+from clm_events.errors import unprocessable
 from clm_events.service import Runtime
 from clm_ingest import deadletter_store as store
 from clm_ingest.config import Settings
@@ -62,17 +63,7 @@ def _cursor(value: str) -> tuple[datetime, int, int]:
         at, partition, offset = value.split("~")
         return datetime.fromisoformat(at), int(partition), int(offset)
     except ValueError:
-        # The shape of FastAPI's own 422 (what the OpenAPI schema declares).
-        raise HTTPException(
-            422,
-            [
-                {
-                    "loc": ["query", "before"],
-                    "msg": "not a cursor from a previous page",
-                    "type": "value_error",
-                }
-            ],
-        ) from None
+        raise unprocessable("query", "before", msg="not a cursor from a previous page") from None
 
 
 @router.post("/{deadletter_id}/replay", status_code=202)

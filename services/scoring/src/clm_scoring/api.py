@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from clm_events.auth import AdminKey, ReadKey
+from clm_events.errors import unprocessable
 from clm_scoring import repository
 from clm_scoring.domain.rfm import segment
 from clm_scoring.jobs import Jobs, describe_cuts
@@ -178,9 +179,11 @@ async def rfm_moves(
     `to`, counted per (from, to) pair; customers whose segment is the same at both ends
     are left out."""
     if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(422, "from, to: give a time zone offset")
+        raise unprocessable(
+            "query", "from" if start.tzinfo is None else "to", msg="give a time zone offset"
+        )
     if end < start:
-        raise HTTPException(422, "to: before from")
+        raise unprocessable("query", "to", msg="before from")
     async with _jobs(request).sessions() as session:
         rows = await repository.rfm_flows(session, start, end)
     moves = [{"from": r.from_segment, "to": r.to_segment, "customers": r.customers} for r in rows]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import Stage
+from clm_events.errors import unprocessable
 from clm_events.scoremodel import ServedModel
 from clm_stage_engine import kpis
 from clm_stage_engine import repository as repo
@@ -192,15 +193,12 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     end = end or datetime.now(UTC)
     start = start or end - timedelta(days=30)
     if start >= end:
-        raise _bad_query("from", "'from' must be before 'to'")
+        raise unprocessable("query", "from", msg="'from' must be before 'to'")
     if end - start > MAX_WINDOW:
-        raise _bad_query("from", "the window from 'from' to 'to' may span at most 3660 days")
+        raise unprocessable(
+            "query", "from", msg="the window from 'from' to 'to' may span at most 3660 days"
+        )
     return start, end
-
-
-def _bad_query(name: str, msg: str) -> HTTPException:
-    # The shape FastAPI documents for 422, so clients parse one kind of error.
-    return HTTPException(422, [{"loc": ["query", name], "msg": msg, "type": "value_error"}])
 
 
 From = Annotated[
