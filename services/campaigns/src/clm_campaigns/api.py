@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clm_campaigns import privacy, repository
 from clm_campaigns.channels import SsrfRefused, check_target
 from clm_campaigns.domain.evaluate import (
+    SEGMENT_OCCASIONS,
     condition_context,
     preview_json,
     render,
@@ -29,6 +30,7 @@ from clm_campaigns.domain.templates import TemplateProblem, missing_paths
 from clm_campaigns.domain.triggers import (
     STORED,
     OnEvent,
+    OnSegment,
     OnTransition,
     TriggerDefinition,
     WebhookAction,
@@ -83,9 +85,15 @@ def _out(row: repository.TriggerRow, secret: str | None = None) -> TriggerOut:
     )
 
 
-async def _check_webhook(request: Request, definition: TriggerDefinition) -> None:
-    """Refuse webhook targets in loopback, private or link-local ranges (SSRF) now; a
-    host that does not resolve yet is checked again at every send."""
+async def _check_references(
+    request: Request, session: AsyncSession, definition: TriggerDefinition
+) -> None:
+    """Refuse a segment that does not exist, and webhook targets in loopback, private or
+    link-local ranges (SSRF) now; a host that does not resolve yet is checked again at
+    every send."""
+    on = definition.on
+    if isinstance(on, OnSegment) and await repository.get_segment(session, on.segment_id) is None:
+        raise unprocessable("body", "on", "segment_id", msg=f"no segment {on.segment_id!r}")
     action = definition.action
     if not isinstance(action, WebhookAction):
         return
@@ -136,7 +144,7 @@ async def create_trigger(
     """Create a trigger (version 1). A webhook secret is generated when none is given
     and shown once in this response."""
     definition = body.definition()
-    await _check_webhook(request, definition)
+    await _check_references(request, session, definition)
     data, secret = _with_secret(definition, None)
     row = await repository.insert_trigger(
         session,
@@ -149,7 +157,16 @@ async def create_trigger(
 
 
 # Discriminator values pydantic puts in error locations; a form shows the field alone.
-_TAGS = {"transition", "event", "score", "webhook", "email", "kafka"}
+_TAGS = {
+    "transition",
+    "event",
+    "score",
+    "entered_segment",
+    "left_segment",
+    "webhook",
+    "email",
+    "kafka",
+}
 
 
 def _problems(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -160,7 +177,9 @@ def _problems(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-async def _draft(request: Request, body: dict[str, Any]) -> TriggerDefinition:
+async def _draft(
+    request: Request, session: AsyncSession, body: dict[str, Any]
+) -> TriggerDefinition:
     """A trigger definition checked as create/replace check it; HTTPException 422 if not."""
     try:
         definition = TriggerIn.model_validate(body).definition()
@@ -168,18 +187,21 @@ async def _draft(request: Request, body: dict[str, Any]) -> TriggerDefinition:
         raise HTTPException(
             422, exc.errors(include_url=False, include_input=False, include_context=False)
         ) from exc
-    await _check_webhook(request, definition)
+    await _check_references(request, session, definition)
     return definition
 
 
 @router.post("/triggers/validate")
 async def validate_trigger(
-    request: Request, caller: AdminKey, body: Annotated[dict[str, Any], Body()]
+    request: Request,
+    session: Session,
+    caller: AdminKey,
+    body: Annotated[dict[str, Any], Body()],
 ) -> dict[str, Any]:
     """Check a draft trigger as create would (conditions, templates, stages, channels,
     webhook target) and store nothing: `{"valid", "errors": [{"path", "reason"}]}`."""
     try:
-        await _draft(request, body)
+        await _draft(request, session, body)
     except HTTPException as exc:
         detail = exc.detail if isinstance(exc.detail, list) else [{"msg": str(exc.detail)}]
         return {"valid": False, "errors": _problems(detail)}
@@ -192,7 +214,7 @@ async def preview_draft(
 ) -> PreviewOut:
     """Render a draft trigger's action for a customer before it is saved; sends and
     records nothing."""
-    definition = await _draft(request, body.definition)
+    definition = await _draft(request, session, body.definition)
     trigger = compile_trigger("draft", 0, definition)
     return await _render_preview(session, trigger, body, trigger_id=None)
 
@@ -226,7 +248,7 @@ async def replace_trigger(
     row = await _current(session, trigger_id, lock=True)
     _check_version(row, if_match)
     definition = body.definition()
-    await _check_webhook(request, definition)
+    await _check_references(request, session, definition)
     data, secret = _with_secret(definition, row.definition)
     new = await repository.change_trigger(
         session, row, change="updated", by=caller.id, definition=data, enabled=body.enabled
@@ -284,18 +306,25 @@ async def enroll(
     after: Annotated[str, Query(max_length=256, description="`next` of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
-    """A transition trigger acts only on entries that happen after it exists; this acts on
-    customers who already are in its stage, one page of customers at a time (call again
-    with `after` = `next` until it is null). Each gets what a new entry would: condition,
-    re-entry control, caps, holdout and schedule; enrolling twice sends nothing twice."""
+    """A transition (or entered_segment) trigger acts only on entries that happen after
+    it exists; this acts on customers who already are in its stage (segment), one page
+    of customers at a time (call again with `after` = `next` until it is null). Each
+    gets what a new entry would: condition, re-entry control, caps, holdout and
+    schedule; enrolling twice sends nothing twice."""
     # Writes customers' actions outside the consumer runner: an erasure must not interleave.
     await request.app.state.runtime.tombstones.guard(session)
     row = await _current(session, trigger_id)
     if not row.enabled:
         raise HTTPException(409, "the trigger is disabled: enable it first")
     stored = TriggerDefinition.model_validate(row.definition, context=STORED)
-    if not isinstance(stored.on, OnTransition):
-        raise HTTPException(422, "only transition triggers enroll customers already in their stage")
+    if not isinstance(stored.on, OnTransition) and not (
+        isinstance(stored.on, OnSegment) and stored.on.kind == "entered_segment"
+    ):
+        raise HTTPException(
+            422,
+            "only transition and entered_segment triggers enroll the customers already in "
+            "their stage or segment",
+        )
     trigger = compile_trigger(row.id, row.version, stored)
     rows, following = await request.app.state.campaigns.enroll(
         session, trigger, after=after, limit=limit
@@ -364,6 +393,9 @@ def _sample_occasion(
         }
     elif isinstance(definition.on, OnEvent):
         kind, data = definition.on.event_type.value, {}
+    elif isinstance(definition.on, OnSegment):
+        kind = SEGMENT_OCCASIONS[definition.on.kind]
+        data = {"segment_id": definition.on.segment_id, "since": now.isoformat()}
     else:
         kind, data = "lifecycle.score_updated", dict(scores)
     return Occasion(

@@ -122,8 +122,11 @@ async def replace_segment(
 
 @router.delete("/segments/{segment_id}", status_code=204)
 async def delete_segment(segment_id: str, session: Session, caller: AdminKey) -> Response:
-    """Drop the segment and its members; its versions stay readable."""
+    """Drop the segment and its members; its versions stay readable. Refused (409) while
+    an enabled trigger fires on it."""
     row = await _current(session, segment_id, lock=True)
+    if using := await repository.triggers_on_segment(session, segment_id):
+        raise HTTPException(409, f"enabled triggers fire on this segment: {', '.join(using)}")
     await repository.change_segment(session, row, change="deleted", by=caller.id)
     return Response(status_code=204)
 

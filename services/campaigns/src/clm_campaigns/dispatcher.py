@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clm_campaigns import metrics, repository
 from clm_campaigns.channels import EmailSender, Outcome, WebhookSender
 from clm_campaigns.config import Settings
-from clm_campaigns.domain.evaluate import needs_state, occasion_of, still_sendable
+from clm_campaigns.domain.evaluate import (
+    needs_state,
+    occasion_of,
+    rechecks_membership,
+    still_sendable,
+)
 from clm_campaigns.domain.policy import retry_delay
 from clm_campaigns.domain.triggers import (
     STORED,
@@ -137,7 +142,8 @@ class Dispatcher:
     async def _recheck(self, session: AsyncSession, claimed: list[Claimed]) -> dict[str, str]:
         """Exit criteria at send time: suppress (with the reason) claimed actions whose
         trigger was disabled since, whose condition no longer holds on the customer's
-        current state, or (if the trigger asks) whose customer left its stage."""
+        current state, or (if the trigger asks) whose customer left its stage, or whose
+        segment entry (or exit) was undone."""
         if not claimed:
             return {}
         found = await repository.trigger_versions_of(
@@ -148,6 +154,12 @@ class Dispatcher:
         states = await repository.load_customers(
             session, sorted({c.customer_id for c in readers}), lock=False
         )
+        asked = {
+            c.id: (segment, c.customer_id)
+            for c in claimed
+            if _key(c) in triggers and (segment := rechecks_membership(triggers[_key(c)][0]))
+        }
+        members = await repository.memberships_among(session, asked.values())
         stopped: dict[str, str] = {}
         for c in claimed:
             if _key(c) not in triggers:  # no such version any more: nothing to send it by
@@ -156,7 +168,11 @@ class Dispatcher:
             trigger, enabled = triggers[_key(c)]
             state = states.get(c.customer_id)
             reason = still_sendable(
-                trigger, enabled=enabled, state=state, occasion=occasion_of(c.occasion)
+                trigger,
+                enabled=enabled,
+                state=state,
+                occasion=occasion_of(c.occasion),
+                member=asked[c.id] in members if c.id in asked else None,
             )
             if reason is not None:
                 stopped[c.id] = reason

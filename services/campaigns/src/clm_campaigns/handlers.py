@@ -16,19 +16,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_campaigns import metrics, repository, segments
 from clm_campaigns.domain import projection
-from clm_campaigns.domain.evaluate import condition_context, fires_on, render, template_context
+from clm_campaigns.domain.evaluate import (
+    SEGMENT_OCCASIONS,
+    condition_context,
+    fires_on,
+    render,
+    template_context,
+)
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
 from clm_campaigns.domain.projection import CustomerState, Occasion
 from clm_campaigns.domain.templates import TemplateProblem
 from clm_campaigns.domain.triggers import (
     STORED,
     CompiledTrigger,
+    OnSegment,
     OnTransition,
     TriggerDefinition,
     compile_trigger,
 )
 from clm_campaigns.models import outbox
-from clm_campaigns.repository import Entry
+from clm_campaigns.repository import Entry, Stay
+from clm_campaigns.segments import Change
 from clm_events.catalog import LifecycleCustomersMerged, LifecycleTransitionRetracted
 from clm_events.consumer import Delivery
 from clm_events.envelope import Event, new_event
@@ -69,6 +77,20 @@ def entry_key(trigger: CompiledTrigger, occasion: Occasion) -> str:
     if occasion.transition_id is not None:
         return f"transition:{occasion.transition_id}"
     return f"event:{occasion.event_source}/{occasion.event_id}"
+
+
+def segment_occasion(change: segments.Change, time: datetime) -> Occasion:
+    """Entering or leaving a segment as triggers match it; `time` is the latest event of
+    the customer in the batch (what caused it, for the maximum age)."""
+    stay = change.stay
+    kind = "entered_segment" if change.entered else "left_segment"
+    return Occasion(
+        event_id=f"{kind}:{stay.segment_id}:{stay.since.isoformat()}",
+        event_source=SOURCE,
+        event_type=SEGMENT_OCCASIONS[kind],
+        time=time,
+        data={"segment_id": stay.segment_id, "since": stay.since.isoformat()},
+    )
 
 
 def settled_history_reason(
@@ -131,6 +153,20 @@ def _retract(
         for a in acted
         if not (a.cause == cause and a.status == "pending" and rechecks(a.trigger_id))
     ]
+
+
+def _enrolled_in_stage(trigger: CompiledTrigger, state: CustomerState, now: datetime) -> Occasion:
+    """A customer already in a transition trigger's stage, as the entry they are in."""
+    return Occasion(
+        event_id=state.stage_transition or f"enrolled-{trigger.id}",
+        event_source="clm/stage-engine",
+        event_type="lifecycle.stage_changed",
+        time=now,  # enrolled now: not stale, whenever they entered the stage
+        data={"to_stage": state.stage, "cause": "enrolled"},
+        to_stage=state.stage,
+        transition_id=state.stage_transition,
+        entry=state.stage_entry,
+    )
 
 
 def _merges(deliveries: Sequence[Delivery]) -> list[tuple[str, str]]:
@@ -257,8 +293,20 @@ class Campaigns:
             acted = await repository.entries(session, ids, [t.id for t in compiled])
         batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
         await repository.save_customers(session, states.values())
-        # Their segment membership, now and in this transaction (exactly once with it).
-        await segments.update_members(session, self.segments, states.values())
+        # Their segment membership, now and in this transaction (exactly once with it),
+        # and the actions of triggers on entering or leaving a segment.
+        changes = await segments.update_members(session, self.segments, states.values())
+        latest: dict[str, datetime] = {}
+        for e in (d.event for d in deliveries):
+            latest[e.subject] = max(e.time, latest.get(e.subject, e.time))
+        for change in changes:
+            occasion = segment_occasion(change, latest.get(change.stay.customer_id, now))
+            state = states[change.stay.customer_id]
+            for trigger in compiled:
+                if fires_on(trigger, occasion) and trigger.condition.matches(
+                    condition_context(state, occasion, trigger.condition.reads)
+                ):
+                    batch.rows.append(self._action(trigger, state, occasion, contacts, acted, now))
         await repository.insert_actions(session, batch.rows)
         await actions_fired(
             session,
@@ -319,30 +367,30 @@ class Campaigns:
     async def enroll(
         self, session: AsyncSession, trigger: CompiledTrigger, *, after: str, limit: int
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Act on customers who already are in a transition trigger's stage, as if they had
-        just entered it: the same entry (a later re-entry rule, a real transition of that
-        entry, or a second enrolment are deduplicated against it), condition, caps,
-        holdout and schedule. One page of customers by id; returns the actions and where
-        the next page starts (None: done)."""
+        """Act on customers who already are in a transition trigger's stage (or an
+        entered_segment trigger's segment), as if they had just entered it: the same
+        entry (a later re-entry rule, a real transition of that entry, or a second
+        enrolment are deduplicated against it), condition, caps, holdout and schedule.
+        One page of customers by id; returns the actions and where the next page starts
+        (None: done)."""
         on = trigger.definition.on
-        assert isinstance(on, OnTransition)
         now = datetime.now(UTC)
-        states = await repository.customers_in_stage(session, on.to_stage.value, after, limit)
-        ids = [s.customer_id for s in states]
+        found: list[tuple[CustomerState, Occasion]]
+        if isinstance(on, OnSegment):  # its members, each stay an entry
+            members = await repository.customers_in_segment(session, on.segment_id, after, limit)
+            found = [
+                (s, segment_occasion(Change(Stay(on.segment_id, s.customer_id, since), True), now))
+                for s, since in members
+            ]
+        else:
+            assert isinstance(on, OnTransition)
+            in_stage = await repository.customers_in_stage(session, on.to_stage.value, after, limit)
+            found = [(s, _enrolled_in_stage(trigger, s, now)) for s in in_stage]
+        ids = [s.customer_id for s, _ in found]
         contacts = await repository.recent_contacts(session, ids, now - self._lookback([trigger]))
         acted = await repository.entries(session, ids, [trigger.id])
         rows = []
-        for state in states:
-            occasion = Occasion(
-                event_id=state.stage_transition or f"enrolled-{trigger.id}",
-                event_source="clm/stage-engine",
-                event_type="lifecycle.stage_changed",
-                time=now,  # enrolled now: not stale, whenever they entered the stage
-                data={"to_stage": state.stage, "cause": "enrolled"},
-                to_stage=state.stage,
-                transition_id=state.stage_transition,
-                entry=state.stage_entry,
-            )
+        for state, occasion in found:
             if trigger.condition.matches(
                 condition_context(state, occasion, trigger.condition.reads)
             ):

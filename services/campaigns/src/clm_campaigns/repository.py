@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -265,6 +265,23 @@ async def customers_in_stage(
         .with_for_update()
     )
     return [_state(r) for r in rows]
+
+
+async def customers_in_segment(
+    session: AsyncSession, segment_id: str, after: str, limit: int
+) -> list[tuple[CustomerState, datetime]]:
+    """A segment's members with the start of their stay, by id after `after` (keyset),
+    locked as customers_in_stage locks them."""
+    c, m = customers, segment_members
+    rows = await session.execute(
+        sa.select(customers, m.c.since)
+        .join(m, m.c.customer_id == c.c.customer_id)
+        .where(m.c.segment_id == segment_id, c.c.customer_id > after)
+        .order_by(c.c.customer_id)
+        .limit(limit)
+        .with_for_update(of=customers)
+    )
+    return [(_state(r), r.since) for r in rows]
 
 
 async def get_customer(session: AsyncSession, customer_id: str) -> CustomerState | None:
@@ -960,6 +977,18 @@ async def insert_segment(
     return SegmentRow(*row)
 
 
+async def triggers_on_segment(session: AsyncSession, segment_id: str) -> list[str]:
+    """Enabled triggers that fire on entering or leaving the segment."""
+    t = triggers.c
+    rows = await session.scalars(
+        sa.select(t.id)
+        .where(t.enabled, t.deleted_at.is_(None))
+        .where(t.definition["on"]["segment_id"].astext == segment_id)
+        .order_by(t.id)
+    )
+    return list(rows)
+
+
 async def get_segment(
     session: AsyncSession, segment_id: str, *, for_update: bool = False
 ) -> SegmentRow | None:
@@ -1055,16 +1084,24 @@ async def list_segment_versions(session: AsyncSession, segment_id: str) -> list[
 # Key share: a segment change (FOR UPDATE) waits for the batches that evaluate its
 # current version, and every batch after it sees the change.
 _LIVE_SEGMENTS = (
-    sa.select(segments.c.id, segments.c.version, segments.c.condition)
+    sa.select(segments.c.id, segments.c.version, segments.c.condition, segments.c.recompute)
     .where(_LIVE_SEGMENT)
     .order_by(segments.c.id)
     .with_for_update(key_share=True, read=True)
 )
 
 
-async def live_segments(session: AsyncSession) -> list[tuple[str, int, str]]:
+async def live_segments(session: AsyncSession) -> list[tuple[str, int, str, str | None]]:
+    """(id, version, condition, recomputed_upto): while the current version is being
+    recomputed, the last customer id it has evaluated ("" before the first page); None
+    once every customer has been."""
     rows = await session.execute(_LIVE_SEGMENTS)
-    return [(r.id, r.version, r.condition) for r in rows]
+    out = []
+    for r in rows:
+        p = r.recompute
+        pending = p is not None and p.get("version") == r.version and not p.get("finished_at")
+        out.append((r.id, r.version, r.condition, str(p.get("after") or "") if pending else None))
+    return out
 
 
 async def segment_for_recompute(
@@ -1162,12 +1199,12 @@ async def set_memberships(
     customer_ids: Sequence[str],
     versions: dict[str, int],
     members: Sequence[tuple[str, str]],
-) -> tuple[int, int]:
+) -> tuple[list[Stay], list[Stay]]:
     """The membership of `customer_ids` in the segments of `versions` (id -> version) is
     exactly `members` ((segment, customer) pairs): rows of others are deleted, new ones
-    inserted (an existing one keeps its `since`). Returns (entered, left)."""
+    inserted (an existing one keeps its `since`). Returns the stays begun and ended."""
     if not customer_ids or not versions:
-        return 0, 0
+        return [], []
     left = await session.execute(
         _LEAVE,
         {
@@ -1177,7 +1214,7 @@ async def set_memberships(
             "m_cust": [c for _, c in members],
         },
     )
-    entered = 0
+    entered: list[Stay] = []
     if members:
         rows = await session.execute(
             _ENTER,
@@ -1187,8 +1224,41 @@ async def set_memberships(
                 "m_ver": [versions[s] for s, _ in members],
             },
         )
-        entered = sum(1 for r in rows if r.inserted)
-    return entered, len(left.all())
+        entered = [Stay(r.segment_id, r.customer_id, r.since) for r in rows if r.inserted]
+    return entered, [Stay(*r) for r in left]
+
+
+async def memberships_among(
+    session: AsyncSession, pairs: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these (segment, customer) pairs are memberships now."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    m = segment_members.c
+    rows = await session.execute(
+        sa.select(m.segment_id, m.customer_id).where(
+            sa.tuple_(m.segment_id, m.customer_id).in_(pairs)
+        )
+    )
+    return {(s, c) for s, c in rows}
+
+
+async def ids_upto(session: AsyncSession, ids: Iterable[str], upto: str) -> set[str]:
+    """The ids at or before `upto` in customer-id order (the keyset order of pages)."""
+    rows = await session.execute(
+        sa.text("SELECT i FROM unnest(CAST(:ids AS text[])) AS i WHERE i <= :upto"),
+        {"ids": list(ids), "upto": upto},
+    )
+    return {i for (i,) in rows}
+
+
+class Stay(NamedTuple):
+    """One customer's stay in a segment, named by when it began."""
+
+    segment_id: str
+    customer_id: str
+    since: datetime
 
 
 _LEAVE = sa.text("""
@@ -1196,7 +1266,7 @@ _LEAVE = sa.text("""
     WHERE m.customer_id = ANY(CAST(:ids AS text[])) AND m.segment_id = ANY(CAST(:segs AS text[]))
       AND (m.segment_id, m.customer_id) NOT IN (
         SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[])))
-    RETURNING m.customer_id
+    RETURNING m.segment_id, m.customer_id, m.since
 """)
 _ENTER = sa.text("""
     INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
@@ -1204,7 +1274,7 @@ _ENTER = sa.text("""
     ORDER BY 1, 2
     ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
       WHERE m.segment_version <> EXCLUDED.segment_version
-    RETURNING (xmax = 0) AS inserted
+    RETURNING m.segment_id, m.customer_id, m.since, (xmax = 0) AS inserted
 """)
 
 

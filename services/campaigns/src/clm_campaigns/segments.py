@@ -8,6 +8,11 @@ A recompute page locks its customers too (so it waits for the batches that hold 
 and evaluates them under the lock against the segment's current version; a page of an
 outdated version stops. Whatever a customer's last writer was, it evaluated the
 customer's current projection against the segment's current version.
+
+Entering or leaving is an occasion for triggers only when a consumed event caused it:
+a recompute (a new or edited segment) messages nobody, and while one runs, a batch's
+customers it has not reached yet have no settled membership to change from, so their
+changes are written but are no occasion.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,35 +49,57 @@ class SegmentCache:
             )
         return self._compiled[key]
 
-    async def live(self, session: AsyncSession) -> list[CompiledSegment]:
-        out = [self.compiled(*row) for row in await repository.live_segments(session)]
+    async def live(self, session: AsyncSession) -> tuple[list[CompiledSegment], dict[str, str]]:
+        """The live segments, and for those being recomputed, the last customer id the
+        recompute has evaluated."""
+        rows = await repository.live_segments(session)
+        out = [self.compiled(i, v, c) for i, v, c, _ in rows]
+        upto = {i: after for i, _, _, after in rows if after is not None}
         live = {(s.id, s.version) for s in out}
         for key in [k for k in self._compiled if k not in live]:
             del self._compiled[key]
-        return out
+        return out, upto
+
+
+@dataclass(frozen=True)
+class Change:
+    """A customer entering or leaving a segment: a trigger occasion."""
+
+    stay: repository.Stay
+    entered: bool
 
 
 async def update_members(
     session: AsyncSession, cache: SegmentCache, states: Iterable[CustomerState]
-) -> None:
+) -> list[Change]:
     """Re-evaluate these customers (their projection just saved, in this transaction)
-    against every live segment and write who entered and who left."""
+    against every live segment, write who entered and who left, and return the changes
+    that are occasions (see the module's docstring)."""
     states = list(states)
     if not states:
-        return
-    live = await cache.live(session)
+        return []
+    live, recomputing = await cache.live(session)
     if not live:
-        return
+        return []
     members = [(seg.id, s.customer_id) for seg in live for s in states if seg.matches(s)]
     entered, left = await repository.set_memberships(
         session, [s.customer_id for s in states], {seg.id: seg.version for seg in live}, members
     )
 
     def committed(_session: Any) -> None:  # counted once durable
-        metrics.SEGMENT_CHANGES.labels("entered").inc(entered)
-        metrics.SEGMENT_CHANGES.labels("left").inc(left)
+        metrics.SEGMENT_CHANGES.labels("entered").inc(len(entered))
+        metrics.SEGMENT_CHANGES.labels("left").inc(len(left))
 
     sa.event.listen(session.sync_session, "after_commit", committed, once=True)
+    changes = [Change(s, True) for s in entered] + [Change(s, False) for s in left]
+    for segment_id, upto in recomputing.items():
+        # Compared by the database: the recompute's keyset order is its collation's.
+        ids = {c.stay.customer_id for c in changes if c.stay.segment_id == segment_id}
+        reached = await repository.ids_upto(session, ids, upto) if ids else set()
+        changes = [
+            c for c in changes if c.stay.segment_id != segment_id or c.stay.customer_id in reached
+        ]
+    return changes
 
 
 async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int = 5000) -> int:

@@ -15,11 +15,17 @@ from clm_campaigns.domain.triggers import (
     KafkaAction,
     OnEvent,
     OnScore,
+    OnSegment,
     OnTransition,
     WebhookAction,
 )
 
 Missing = Literal["empty", "suppress"]
+
+
+# The occasions a membership change is, as triggers match them (not catalog events: they
+# happen inside campaigns, in the transaction that changes the membership).
+SEGMENT_OCCASIONS = {"entered_segment": "segment.entered", "left_segment": "segment.left"}
 
 
 def fires_on(trigger: CompiledTrigger, occasion: Occasion) -> bool:
@@ -30,6 +36,11 @@ def fires_on(trigger: CompiledTrigger, occasion: Occasion) -> bool:
         return on.from_stages is None or occasion.from_stage in on.from_stages
     if isinstance(on, OnEvent):
         return occasion.event_type == on.event_type
+    if isinstance(on, OnSegment):
+        return (
+            occasion.event_type == SEGMENT_OCCASIONS[on.kind]
+            and occasion.data.get("segment_id") == on.segment_id
+        )
     if isinstance(on, OnScore):
         if occasion.event_type != "lifecycle.score_updated":
             return False
@@ -70,6 +81,7 @@ def still_sendable(
     enabled: bool,
     state: CustomerState | None,
     occasion: Occasion | None,
+    member: bool | None = None,
 ) -> str | None:
     """The send-time re-check (exit criteria): why an action decided earlier must not go
     out now, or None. Retractions are applied when they arrive (the consumer suppresses
@@ -83,12 +95,23 @@ def still_sendable(
         and (state is None or state.stage != on.to_stage)
     ):
         return "left_stage"
+    if recheck.segment and isinstance(on, OnSegment) and member is not None:
+        if on.kind == "entered_segment" and not member:
+            return "left_segment"
+        if on.kind == "left_segment" and member:
+            return "back_in_segment"
     if recheck.condition and trigger.definition.condition.strip() != "true":
         if state is None or not trigger.condition.matches(
             condition_context(state, occasion or _NO_EVENT, trigger.condition.reads)
         ):
             return "condition_no_longer_holds"
     return None
+
+
+def rechecks_membership(trigger: CompiledTrigger) -> str | None:
+    """The segment whose membership the send-time re-check reads, if any."""
+    on, recheck = trigger.definition.on, trigger.definition.recheck
+    return on.segment_id if isinstance(on, OnSegment) and recheck.segment else None
 
 
 def needs_state(trigger: CompiledTrigger) -> bool:

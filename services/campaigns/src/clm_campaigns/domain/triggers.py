@@ -94,7 +94,15 @@ class OnScore(_Strict):
     )
 
 
-On = Annotated[OnTransition | OnEvent | OnScore, Field(discriminator="kind")]
+class OnSegment(_Strict):
+    """Entering or leaving a segment: a change of live membership caused by a consumed
+    event (not by recomputing an edited segment, which messages nobody)."""
+
+    kind: Literal["entered_segment", "left_segment"]
+    segment_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+On = Annotated[OnTransition | OnEvent | OnScore | OnSegment, Field(discriminator="kind")]
 
 
 # --- what it does ---------------------------------------------------------------------
@@ -235,6 +243,11 @@ class Recheck(_Strict):
     )
     stage: bool = Field(
         False, description="left_stage: the customer is no longer in the trigger's stage."
+    )
+    segment: bool = Field(
+        True,
+        description="left_segment: an entered_segment trigger's customer is no longer in "
+        "it; back_in_segment: a left_segment trigger's customer is in it again.",
     )
 
 
