@@ -10,28 +10,37 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from kit import migrate_all
+from kit import migrate_all, outside_pytest_tmp
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from clm_events.topics import Topics, ensure_topics
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     if url := os.environ.get("CLM_TEST_DATABASE_URL"):
         yield url
         return
     from clm_devstack.postgres import EmbeddedPostgres
 
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data")
-    pg.start()
-    try:
-        yield pg.url()
-    finally:
-        pg.stop()
+    with outside_pytest_tmp("clm-test-postgres-") as tmp:
+        pg = EmbeddedPostgres(tmp / "data")
+        pg.start()
+        try:
+            yield pg.url()
+        finally:
+            pg.stop()
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A directory for a test's own PostgreSQL (or a whole stack): see outside_pytest_tmp."""
+    with outside_pytest_tmp("clm-test-") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="session")

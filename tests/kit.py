@@ -6,10 +6,12 @@ import asyncio
 import base64
 import importlib
 import json
+import shutil
 import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,19 @@ async def running(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
             yield client, app.state.runtime
+
+
+@contextmanager
+def outside_pytest_tmp(prefix: str) -> Iterator[Path]:
+    """A temporary directory out of pytest's tree, removed after. Under root, PostgreSQL
+    runs as its own OS user, which must be able to reach its data directory; a pytest
+    starting meanwhile on the same machine (two test runs side by side) resets the root
+    of pytest's tree to 0700 and cuts it off."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def migrate_all(database_url: str) -> None:

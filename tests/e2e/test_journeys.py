@@ -25,7 +25,7 @@ import httpx
 import pytest
 import segment.analytics as segment
 from harness import INBOUND, Keys, create_keys, service_env
-from kit import produce
+from kit import outside_pytest_tmp, produce
 from receivers import SmtpServer, WebhookReceiver
 
 from clm_devstack.procs import free_port, free_port_offset
@@ -66,8 +66,13 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterator[Stack]:
+def stack(smtp: SmtpServer) -> Iterator[Stack]:
     """`clm-dev run`, exactly as `make run` starts it, with settings from the environment."""
+    with outside_pytest_tmp("clm-test-stack-") as data_dir:
+        yield from _stack(data_dir, smtp)
+
+
+def _stack(data_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
     pg, kafka, offset = free_port(), free_port(), free_port_offset(len(SERVICES))
     env = {
         k: v
@@ -77,7 +82,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterato
     env |= service_env(smtp_port=smtp.port)
     proc = subprocess.Popen(
         [
-            *(CLI, "run", "--data-dir", str(tmp_path_factory.mktemp("clm"))),
+            *(CLI, "run", "--data-dir", str(data_dir)),
             *("--pg-port", str(pg), "--kafka-port", str(kafka), "--port-offset", str(offset)),
         ],
         stdout=subprocess.PIPE,

@@ -77,11 +77,13 @@ def _printed(output: str, label: str) -> str:
     return match.group(1)
 
 
-def test_make_run_brings_up_every_service_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
+def test_make_run_brings_up_every_service_stops_cleanly_and_keeps_data(
+    stack_dir: Path,
+) -> None:
     pg_port, kafka_port, offset = free_port(), free_port(), free_port_offset(len(SERVICES))
 
     # The launcher itself gives up when a service is not healthy within 30 s.
-    proc, output = _start(tmp_path, pg_port, kafka_port, offset)
+    proc, output = _start(stack_dir, pg_port, kafka_port, offset)
     try:
         for port in range(8001 + offset, 8006 + offset):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
@@ -105,7 +107,7 @@ def test_make_run_brings_up_every_service_stops_cleanly_and_keeps_data(tmp_path:
         time.sleep(0.1)
     assert [p for p in family if _alive(p)] == []
 
-    proc, output = _start(tmp_path, pg_port, kafka_port, offset)
+    proc, output = _start(stack_dir, pg_port, kafka_port, offset)
     try:
         assert _read_marker(pg_port) == "kept"
         assert _printed(output, "admin key") == admin  # the same keys, kept in the data dir

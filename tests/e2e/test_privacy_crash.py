@@ -66,9 +66,9 @@ async def _counts(conn: AsyncConnection, customer: str) -> dict[str, int]:
 
 @pytest.mark.timeout(300)
 def test_each_service_killed_while_erasing_completes_the_erasure_exactly_once(
-    tmp_path: Path,
+    stack_dir: Path,
 ) -> None:
-    system = System(tmp_path, extra_env=service_env())
+    system = System(stack_dir, extra_env=service_env())
     system.start()
     try:
         asyncio.run(_scenario(system))

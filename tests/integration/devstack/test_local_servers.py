@@ -36,8 +36,8 @@ def broker(tmp_path: Path) -> Iterator[TansuBroker]:
         yield b
 
 
-async def test_postgres_query_and_data_survive_restart(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pgdata")
+async def test_postgres_query_and_data_survive_restart(stack_dir: Path) -> None:
+    pg = EmbeddedPostgres(stack_dir / "pgdata")
     try:
         pg.start()
         conn = await asyncpg.connect(pg.dsn)
@@ -66,10 +66,12 @@ async def test_postgres_query_and_data_survive_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another OS user")
-async def test_postgres_starts_on_data_its_os_user_made_under_an_older_uid(tmp_path: Path) -> None:
+async def test_postgres_starts_on_data_its_os_user_made_under_an_older_uid(
+    stack_dir: Path,
+) -> None:
     """The OS user can be recreated between runs (a concurrent useradd replaced it) and
     then has another uid: the data dir is handed to the current one, not refused."""
-    pg = EmbeddedPostgres(tmp_path / "pgdata")
+    pg = EmbeddedPostgres(stack_dir / "pgdata")
     pg.start()
     pg.stop()
     stale = 60_000 + os.getpid() % 1000  # a uid no user has
@@ -135,9 +137,9 @@ _LAUNCHER = textwrap.dedent(
 )
 
 
-def test_servers_die_when_parent_is_sigkilled(tmp_path: Path) -> None:
+def test_servers_die_when_parent_is_sigkilled(stack_dir: Path) -> None:
     launcher = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, str(tmp_path / "pgdata")],
+        [sys.executable, "-c", _LAUNCHER, str(stack_dir / "pgdata")],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -160,7 +162,7 @@ def test_servers_die_when_parent_is_sigkilled(tmp_path: Path) -> None:
         print(f"servers gone {time.monotonic() - killed:.2f}s after SIGKILL")
 
         # The data dir is usable again straight away (no lock left behind by the dead run).
-        with EmbeddedPostgres(tmp_path / "pgdata") as pg:
+        with EmbeddedPostgres(stack_dir / "pgdata") as pg:
             assert pg.pid is not None
     finally:
         launcher.kill()
