@@ -1,13 +1,14 @@
 """Segments over HTTP: saving one computes its members in the background with visible
 progress, members page by customer id and export as CSV, the stage and RFM filters on
-members and on the plain customer list, and erasure and export of a member."""
+members and on the plain customer list, erasure and export of a member, and the size
+over time."""
 
 from __future__ import annotations
 
 import csv
 import io
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from campaignkit import cid, event, publish, transition
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from clm_campaigns import privacy, repository
 from clm_campaigns.domain.projection import CustomerState
+from clm_campaigns.segments import Recompute, SegmentCache
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -194,3 +196,43 @@ async def test_a_consumed_transition_moves_the_customer_in_and_out(
 
 async def _is(members: Any, expected: list[str]) -> bool:
     return bool(await members() == expected)
+
+
+async def test_size_over_time_is_one_sample_per_interval(
+    migrated: str, bootstrap_servers: str, engine: AsyncEngine, admin_key: str, read_key: str
+) -> None:
+    tag = f"size{uuid.uuid4().hex[:8]}"
+    sessions = async_sessionmaker(engine)
+    async with sessions() as s, s.begin():
+        await repository.save_customers(s, _customers(tag))
+    reader = bearer(read_key)
+    every_5_min = {"segment_size_interval_seconds": 300}
+    async with running("clm_campaigns", migrated, bootstrap_servers, **every_5_min) as (client, _):
+        body = {"name": "sized", "condition": f'traits.tag == "{tag}" && stage == "at_risk"'}
+        created = await client.post("/v1/segments", json=body, headers=bearer(admin_key))
+        url = f"/v1/segments/{created.json()['id']}"
+
+        async def finished() -> bool:
+            seg = (await client.get(url, headers=reader)).json()
+            return bool((seg["recompute"] or {}).get("finished_at"))
+
+        await until(finished, "the first recompute")
+        # A second replica sampling the same interval adds nothing.
+        sampler = Recompute(sessions, SegmentCache(), size_interval=timedelta(minutes=5))
+        await sampler.sample_sizes()
+        assert await sampler.sample_sizes() == 0
+        sized = (await client.get(f"{url}/size", headers=reader)).json()
+        assert sized["size"] == 6
+        [sample] = sized["history"]
+        assert sample["members"] == 6
+        at = datetime.fromisoformat(sample["at"])
+        assert at.minute % 5 == 0 and at.second == 0
+        before = {"to": at.isoformat()}
+        assert (await client.get(f"{url}/size", params=before, headers=reader)).json()[
+            "history"
+        ] == []
+        naive = await client.get(
+            f"{url}/size", params={"from": "2026-01-01T00:00:00"}, headers=reader
+        )
+        assert naive.status_code == 422
+        assert naive.json()["detail"][0]["loc"] == ["query", "from"]

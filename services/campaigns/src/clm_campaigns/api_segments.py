@@ -7,6 +7,7 @@ import csv
 import io
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from clm_campaigns.schemas import (
 )
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.catalog import Stage
+from clm_events.errors import unprocessable
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 CSV_PAGE = 5000
@@ -142,9 +144,32 @@ async def segment_versions(
 
 
 @router.get("/segments/{segment_id}/size")
-async def segment_size(segment_id: str, session: Session, caller: ReadKey) -> dict[str, Any]:
+async def segment_size(
+    segment_id: str,
+    session: Session,
+    caller: ReadKey,
+    start: Annotated[datetime | None, Query(alias="from", description="Window start.")] = None,
+    end: Annotated[
+        datetime | None, Query(alias="to", description="Window end (exclusive).")
+    ] = None,
+) -> dict[str, Any]:
+    """The size now, and over time: one sample per interval (an hour by default) in the
+    window, the last 30 days unless given."""
     await _current(session, segment_id)
-    return {"segment_id": segment_id, "size": await repository.segment_size(session, segment_id)}
+    now = datetime.now(UTC)
+    end, start = end or now, start or (end or now) - timedelta(days=30)
+    for name, value in (("from", start), ("to", end)):
+        if value.tzinfo is None:
+            raise unprocessable("query", name, msg="give a time zone offset")
+    if end <= start:
+        raise unprocessable("query", "to", msg="must be after 'from'")
+    return {
+        "segment_id": segment_id,
+        "size": await repository.segment_size(session, segment_id),
+        "from": start,
+        "to": end,
+        "history": await repository.size_history(session, segment_id, start, end),
+    }
 
 
 CSV_COLUMNS = ("customer_id", "stage", "rfm_segment", "email", "member_since", "segment_version")

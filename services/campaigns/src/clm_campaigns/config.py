@@ -15,6 +15,12 @@ class Settings(ServiceSettings):
     global_cap_period_seconds: int = Field(86_400, ge=1)
     default_timezone: str = Field("UTC", description="For quiet hours of customers without one.")
 
+    # Segments.
+    segment_size_interval_seconds: int = Field(
+        3600, ge=60, description="How often each segment's size is sampled (size over time)."
+    )
+    segment_size_retention_days: int = Field(400, ge=1)
+
     # Dispatcher.
     dispatch_batch_size: int = Field(500, ge=1)
     dispatch_concurrency: int = Field(

@@ -25,7 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_outbox=relay.wake if relay is not None else None,
     )
     segment_cache = SegmentCache()
-    recompute = Recompute(rt.sessions, segment_cache)
+    recompute = Recompute(
+        rt.sessions,
+        segment_cache,
+        size_interval=timedelta(seconds=settings.segment_size_interval_seconds),
+        size_retention=timedelta(days=settings.segment_size_retention_days),
+    )
     campaigns = Campaigns(
         triggers=TriggerCache(),
         actions_topic=rt.topics.actions,

@@ -153,3 +153,18 @@ segment_members = sa.Table(
     sa.Column("segment_version", sa.Integer, nullable=False),  # that last decided it
     sa.Index("ix_segment_members_customer", "customer_id"),
 )
+
+# A segment's size, sampled once per interval (`at`: the interval's start) by whichever
+# replica gets there first.
+segment_sizes = sa.Table(
+    "segment_sizes",
+    metadata,
+    sa.Column(
+        "segment_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.segments.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("members", sa.BigInteger, nullable=False),
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from clm_campaigns.models import (
     actions,
     customers,
     segment_members,
+    segment_sizes,
     segment_versions,
     segments,
     trigger_versions,
@@ -1336,6 +1337,40 @@ async def segment_size(session: AsyncSession, segment_id: str) -> int:
     m = segment_members
     stmt = sa.select(sa.func.count()).select_from(m).where(m.c.segment_id == segment_id)
     return int(await session.scalar(stmt) or 0)
+
+
+async def sample_sizes(session: AsyncSession, interval: timedelta, keep: timedelta) -> int:
+    """Record each recomputed segment's size for the current interval (once: replicas
+    sampling the same interval add nothing) and drop samples older than `keep`; returns
+    the samples added."""
+    added = await session.execute(
+        _SAMPLE_SIZES, {"interval": interval, "origin": datetime(2000, 1, 1, tzinfo=UTC)}
+    )
+    await session.execute(segment_sizes.delete().where(segment_sizes.c.at < sa.func.now() - keep))
+    return len(added.all())
+
+
+_SAMPLE_SIZES = sa.text("""
+    INSERT INTO campaigns.segment_sizes (segment_id, at, members)
+    SELECT s.id, date_bin(:interval, now(), :origin),
+           (SELECT count(*) FROM campaigns.segment_members m WHERE m.segment_id = s.id)
+    FROM campaigns.segments s
+    WHERE s.deleted_at IS NULL AND s.recompute->>'finished_at' IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING segment_id
+""")
+
+
+async def size_history(
+    session: AsyncSession, segment_id: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    z = segment_sizes.c
+    rows = await session.execute(
+        sa.select(z.at, z.members)
+        .where(z.segment_id == segment_id, z.at >= start, z.at < end)
+        .order_by(z.at)
+    )
+    return [{"at": r.at, "members": r.members} for r in rows]
 
 
 async def list_customers(

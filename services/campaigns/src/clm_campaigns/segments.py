@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,8 +127,11 @@ class Recompute:
         *,
         page: int = 2000,
         pause: float = 0.05,
+        size_interval: timedelta = timedelta(hours=1),
+        size_retention: timedelta = timedelta(days=400),
     ) -> None:
         self.sessions, self.cache, self.page, self.pause = sessions, cache, page, pause
+        self.size_interval, self.size_retention = size_interval, size_retention
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -138,6 +141,7 @@ class Recompute:
         while True:
             try:
                 await self.pass_()
+                await self.sample_sizes()
             except Exception:
                 log.exception("segment recompute failed; retrying")
             try:
@@ -145,6 +149,11 @@ class Recompute:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    async def sample_sizes(self) -> int:
+        """Size over time: every recomputed segment's size, once per interval."""
+        async with self.sessions() as session, session.begin():
+            return await repository.sample_sizes(session, self.size_interval, self.size_retention)
 
     async def pass_(self) -> None:
         async with self.sessions() as session:
