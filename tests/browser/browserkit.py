@@ -48,3 +48,19 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
     an event loop of its own in this thread)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, work).result()
+
+
+def call(
+    console: Console, method: str, path: str, key: str, body: object = None, timeout: float = 30
+) -> Any:
+    """A service's API through the console's proxy (`/api/<service>/v1/...`), as the
+    pages call it; the answer's JSON, after asserting it succeeded."""
+    answer = httpx.request(
+        method,
+        f"{console.url}/api{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+    )
+    assert answer.is_success, f"{method} {path}: {answer.status_code} {answer.text}"
+    return answer.json() if answer.content else None

@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from clm_events.catalog import DERIVED_TYPES, EventType, Stage
+from clm_events.catalog import DERIVED_TYPES, RFM_SEGMENTS, EventType, Stage
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -42,6 +42,8 @@ PAGES = (
     Page("customers", "/customers", "Customer", "Customers"),
     Page("triggers", "/triggers", "Triggers", "Triggers"),
     Page("results", "/results", "Trigger results", "Results"),
+    Page("segments", "/segments", "Segments", "Segments"),
+    Page("rfm", "/rfm", "RFM segments", "RFM"),
     Page("deadletters", "/dead-letters", "Dead letters", "Dead letters"),
     Page("model", "/model", "Lifecycle model", "Lifecycle model"),
 )
@@ -59,6 +61,7 @@ def _render(request: Request, template: str, page: str, **context: object) -> HT
             "stages": [s.value for s in Stage],
             "stage_labels": STAGE_LABELS,
             "event_types": [t.value for t in EventType if t not in DERIVED_TYPES],
+            "rfm_segments": list(RFM_SEGMENTS),
             **context,
         },
         headers={"cache-control": "no-store"},
@@ -100,6 +103,28 @@ async def edit_trigger(
 @router.get("/results", response_class=HTMLResponse)
 async def results(request: Request) -> HTMLResponse:
     return _render(request, "results.html", "results")
+
+
+@router.get("/segments", response_class=HTMLResponse)
+async def segments(request: Request) -> HTMLResponse:
+    return _render(request, "segments.html", "segments")
+
+
+@router.get("/segments/new", response_class=HTMLResponse)
+async def new_segment(request: Request) -> HTMLResponse:
+    return _render(request, "segment.html", "segments", segment_id="", title="New segment")
+
+
+@router.get("/segments/{segment_id}", response_class=HTMLResponse)
+async def segment(
+    request: Request, segment_id: Annotated[str, PathParam(max_length=100)]
+) -> HTMLResponse:
+    return _render(request, "segment.html", "segments", segment_id=segment_id, title="Segment")
+
+
+@router.get("/rfm", response_class=HTMLResponse)
+async def rfm(request: Request) -> HTMLResponse:
+    return _render(request, "rfm.html", "rfm")
 
 
 @router.get("/dead-letters", response_class=HTMLResponse)

@@ -1005,6 +1005,8 @@ const PAGES = {
   customers: customersPage,
   triggers: () => (location.pathname === "/triggers" ? triggersPage() : triggerPage()),
   results: resultsPage,
+  segments: () => segmentsPage(), // segments.js
+  rfm: () => rfmPage(), // rfm.js
   deadletters: deadlettersPage,
   model: modelPage,
 };
