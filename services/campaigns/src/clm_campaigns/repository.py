@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from clm_campaigns.domain.policy import PastContact
 from clm_campaigns.domain.projection import CustomerState
@@ -1147,6 +1148,22 @@ async def save_recompute(session: AsyncSession, segment_id: str, progress: dict[
     )
 
 
+async def count_matching(
+    session: AsyncSession, matches: ColumnElement[bool], undecided: ColumnElement[bool]
+) -> tuple[int, int]:
+    """Over every customer: how many a condition translated to SQL matches among the rows
+    it decides, and how many rows it leaves undecided."""
+    row = (
+        await session.execute(
+            sa.select(
+                sa.func.count().filter(sa.and_(sa.not_(undecided), matches)),
+                sa.func.count().filter(undecided),
+            ).select_from(customers)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 async def count_customers(session: AsyncSession) -> int:
     return int(await session.scalar(sa.select(sa.func.count()).select_from(customers)) or 0)
 
@@ -1158,6 +1175,7 @@ async def customers_page(
     *,
     lock: bool = False,
     reads: Iterable[str] | None = None,
+    where: ColumnElement[bool] | None = None,
 ) -> list[CustomerState]:
     """Customers by id after `after` (keyset); `lock` as a consumed batch locks them.
     With `reads` (a condition's variables), only the columns those need: decoding JSONB
@@ -1168,7 +1186,7 @@ async def customers_page(
             customers.c.customer_id,
             *(customers.c[n] if n in wanted else sa.null() for n in _PAGE_COLUMNS[1:]),
         )
-        .where(customers.c.customer_id > after)
+        .where(customers.c.customer_id > after, sa.true() if where is None else where)
         .order_by(customers.c.customer_id)
         .limit(limit)
     )

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_campaigns import metrics, repository
+from clm_campaigns.condition_sql import condition_sql
 from clm_campaigns.domain.projection import CustomerState
 from clm_campaigns.domain.segments import CompiledSegment, compile_segment_condition
 
@@ -103,11 +104,27 @@ async def update_members(
 
 
 async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int = 5000) -> int:
-    """How many customers match, over the whole projection in keyset pages (unlocked)."""
+    """How many customers match (unlocked): counted by PostgreSQL when the condition
+    translates to SQL, with the rows it leaves undecided evaluated here; otherwise every
+    customer evaluated here, in keyset pages."""
+    translated = condition_sql(segment.condition.source)
+    if translated is None:
+        return await _count_here(session, segment, page)
+    count, undecided = await repository.count_matching(
+        session, translated.matches, translated.undecided
+    )
+    if undecided:
+        count += await _count_here(session, segment, page, where=translated.undecided)
+    return count
+
+
+async def _count_here(
+    session: AsyncSession, segment: CompiledSegment, page: int, where: Any = None
+) -> int:
     count, after = 0, ""
     while True:
         states = await repository.customers_page(
-            session, after, page, reads=segment.condition.reads
+            session, after, page, reads=segment.condition.reads, where=where
         )
         count += sum(1 for s in states if segment.matches(s))
         if len(states) < page:
