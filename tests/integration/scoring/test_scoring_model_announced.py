@@ -68,11 +68,18 @@ async def test_a_refit_announces_its_model_once_and_an_identical_one_not_again(
                 (await client.get(f"/v1/customers/{c}/score", headers=bearer(read))).json()["clv"]
                 for c in repeat
             ]
+            cuts = await until(client, "/v1/rfm/cuts", read, lambda b: True)
             again = (await client.post("/v1/model/refit", headers=bearer(admin))).json()
             records = await read_topic(bootstrap_servers, runtime.topics.models, expect=2)
 
     events = [decode_kafka_record(r.headers, r.value) for r in records]
-    assert [e.id for e in events] == ["score-model:1", "score-model:2"]
+    # The first refit had nobody to cut; the second announces its cut points with it.
+    # The third (same data) stores a model and cut points equal to them: not announced.
+    assert [e.id for e in events] == ["score-model:1", f"score-model:2:rfm:{cuts['version']}"]
+    assert events[0].data.model_dump()["rfm"] is None
+    assert events[1].data.model_dump()["rfm"] == {
+        k: cuts[k] for k in ("version", "recency", "frequency", "monetary")
+    }
     assert (refit["version"], again["version"]) == (2, 3)
     assert refit["published_at"] is not None and again["published_at"] is None
     assert again["purchase_params"] == refit["purchase_params"]

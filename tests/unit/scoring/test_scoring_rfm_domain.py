@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clm_events import rfm
 from clm_events.catalog import RFM_SEGMENTS
-from clm_scoring.domain import rfm
 
 
 def test_the_segment_map_names_every_cell_with_the_catalog_segments() -> None:

@@ -115,7 +115,13 @@ ROW = {
 
 def test_a_stored_row_is_served_with_every_field_the_event_carries() -> None:
     served = served_model(ROW, Policy(12, 0.01))
-    assert served.to_json() == {**ROW, "fitted_at": "2026-12-01T06:00:00+00:00"}
+    assert served.to_json() == {**ROW, "fitted_at": "2026-12-01T06:00:00+00:00", "rfm": None}
+    # With its cut points (an rfm_cuts row), the announcement carries them.
+    cuts = {"version": 4, "recency": [1.0, 2.0, 3.0, 4.0], "frequency": [1.0, 1.0, 2.0, 3.0],
+            "monetary": [10.0, 20.0, 30.0, 40.0], "customers": 9}  # fmt: skip
+    with_cuts = served_model(ROW, Policy(12, 0.01), cuts).to_json()
+    assert with_cuts["rfm"] == {k: cuts[k] for k in ("version", "recency", "frequency", "monetary")}
+    assert type(served).from_json(with_cuts).to_json() == with_cuts
     # The vectorised model scores as the served one's closed forms.
     s = Summary(x=2, t_x_days=60, T_days=100, mean_repeat_spend=30.0, mean_spend=35.0)
     one = served.score(s)

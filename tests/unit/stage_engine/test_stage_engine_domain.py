@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clm_events.facts import FACTS
+from clm_events.rfm import RFM_FACTS
 from clm_events.scoremodel import ServedModel, Summary
 from clm_stage_engine.domain.facts import Accumulator, facts_at
 from clm_stage_engine.domain.inputs import Input, from_event, to_us
@@ -192,7 +193,7 @@ def test_facts_follow_event_time_windows_refunds_and_open_items() -> None:
         key=lambda i: i.order,
     )
     f = facts_at(inputs, at(240))
-    assert set(f) == set(FACTS)
+    assert set(f) == set(FACTS) | set(RFM_FACTS)  # RFM: the stage engine's own facts
     assert (f["purchases_30d"], f["purchases_90d"], f["purchases_total"]) == (1, 2, 3)
     assert (f["revenue_30d"], f["revenue_total"]) == (20.0, 170.0)
     assert f["refunds_total"] == 1

@@ -329,6 +329,20 @@ class LifecycleScoreUpdated(EventData):
     rfm_segment: Literal[RFM_SEGMENTS] | None = None  # type: ignore[valid-type]
 
 
+CutPoints = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=4, max_length=4)
+]
+
+
+class RfmCuts(EventData):
+    """Four ascending cut points per measure, and their version in scoring."""
+
+    version: Annotated[int, Field(strict=True, ge=1)]
+    recency: CutPoints
+    frequency: CutPoints
+    monetary: CutPoints
+
+
 class LifecycleScoreModelServed(EventData):
     """The score model scoring serves from now on (clm_events.scoremodel.ServedModel):
     the stage engine evaluates the scores its rules read under it."""
@@ -344,6 +358,9 @@ class LifecycleScoreModelServed(EventData):
     monthly_discount_rate: Annotated[float, Field(ge=0, le=1)]
     clv_top_decile: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     fitted_at: UtcDatetime | None = None
+    # The RFM cut points scoring scores under (clm_events.rfm.Cuts); absent before any,
+    # and in announcements of releases before RFM.
+    rfm: RfmCuts | None = None
 
 
 class CampaignActionFired(EventData):

@@ -1,6 +1,7 @@
 """The served score model: what scoring fits and announces (`lifecycle.score_model_served`
 on the models topic), and the closed forms that turn one customer's purchase summary into
-P(alive), churn probability, expected purchases and CLV under it.
+P(alive), churn probability, expected purchases and CLV under it. The announcement also
+carries the RFM cut points (`rfm`, clm_events.rfm) scoring scores under.
 
 Scoring scores a whole base at once with its vectorised forms (`clm_scoring.domain`); the
 stage engine scores one customer at each moment of their history with these, so a score
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 from scipy.special import hyp2f1
+
+from clm_events.rfm import Cuts
 
 DAYS_PER_MONTH = 365.25 / 12
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
@@ -71,6 +74,15 @@ class ServedModel:
     clv_top_decile: float | None
     estimator: str | None = None
     fitted_at: datetime | None = None
+    # The RFM cut points scoring scores under (clm_events.rfm), announced with the model
+    # so a rule reading RFM is a function of the customer's events and this event. None:
+    # no cut points yet, or an announcement of a release before RFM.
+    rfm: Cuts | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Announcements come in this order: a new model version, or new cut points."""
+        return self.version, (self.rfm.version or 0) if self.rfm else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +97,7 @@ class ServedModel:
             "monthly_discount_rate": self.monthly_discount_rate,
             "clv_top_decile": self.clv_top_decile,
             "fitted_at": self.fitted_at.isoformat() if self.fitted_at else None,
+            "rfm": self.rfm.to_json() if self.rfm else None,
         }
 
     @classmethod
@@ -106,16 +119,19 @@ class ServedModel:
                 if isinstance(fitted, datetime) or fitted is None
                 else datetime.fromisoformat(str(fitted).replace("Z", "+00:00"))
             ),
+            rfm=Cuts.from_json(raw["rfm"]) if raw.get("rfm") else None,
         )
 
     def same_parameters(self, other: ServedModel | None) -> bool:
-        """Whether `other` scores every customer exactly as this one does."""
+        """Whether `other` scores every customer exactly as this one does, RFM included."""
         if other is None:
             return False
         mine, theirs = self.to_json(), other.to_json()
-        for volatile in ("version", "fitted_at", "estimator"):
+        for volatile in ("version", "fitted_at", "estimator", "rfm"):
             mine.pop(volatile), theirs.pop(volatile)
-        return mine == theirs
+        if self.rfm is None or other.rfm is None:
+            return mine == theirs and self.rfm is None and other.rfm is None
+        return mine == theirs and self.rfm.same_points(other.rfm)
 
     def p_alive(self, s: Summary) -> float:
         """P(alive) alone: what a rule reading only the churn probability needs."""

@@ -11,8 +11,8 @@ from fastapi.encoders import jsonable_encoder
 
 from clm_events.auth import AdminKey, ReadKey
 from clm_events.errors import unprocessable
+from clm_events.rfm import segment
 from clm_scoring import repository
-from clm_scoring.domain.rfm import segment
 from clm_scoring.jobs import Jobs, describe_cuts
 
 router = APIRouter(prefix="/v1", tags=["scoring"])

@@ -51,6 +51,12 @@ class Settings(ServiceSettings):
     rfm_interval: float = Field(
         86_400.0, gt=0, description="Seconds between recomputing the RFM cut points."
     )
+    rfm_moves_days: int = Field(
+        400,
+        ge=1,
+        description="Days of RFM segment changes kept for GET /v1/rfm/moves (pruned with "
+        "each scheduled recompute of the cut points).",
+    )
     rescore_page_size: int = Field(
         2_000, ge=1, le=100_000, description="Customers per rescore transaction."
     )

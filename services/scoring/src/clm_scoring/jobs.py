@@ -10,12 +10,13 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from clm_events import rfm
 from clm_events.envelope import CloudEvent, new_event
 from clm_events.outbox import add_events
 from clm_events.privacy import Tombstones
@@ -23,7 +24,6 @@ from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_scoring import metrics, models, repository
 from clm_scoring.config import Settings
-from clm_scoring.domain import rfm
 from clm_scoring.domain.arrays import Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport, choose
 from clm_scoring.domain.scores import (
@@ -37,7 +37,7 @@ from clm_scoring.domain.scores import (
 )
 from clm_scoring.domain.scores import score as compute_scores
 from clm_scoring.domain.summary import PurchaseHistory, summarize
-from clm_scoring.served import model_of, served_model
+from clm_scoring.served import cuts_of, model_of, served_model
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class Scorer:
             typical_gap_days=s.typical_gap_days,
         )
 
-    def served(self, row: Mapping[str, Any]) -> ServedModel:
-        return served_model(row, self.policy)
+    def served(self, row: Mapping[str, Any], cuts: Mapping[str, Any] | None = None) -> ServedModel:
+        return served_model(row, self.policy, cuts)
 
     async def served_model(self, session: AsyncSession) -> Model:
         """The latest version; before any, the small-data model's prior mode."""
@@ -222,9 +222,11 @@ def rfm_of(cuts: Mapping[str, Any] | None, h: PurchaseHistory, as_of: date) -> d
     """The score row's RFM columns under these cut points (all null without any)."""
     if cuts is None:
         return dict.fromkeys(RFM_COLUMNS)
-    c = rfm.Cuts(tuple(cuts["recency"]), tuple(cuts["frequency"]), tuple(cuts["monetary"]))
     r = rfm.score(
-        c, (as_of - h.last_day).days, h.purchase_days, float(h.first_spend + h.repeat_spend)
+        cuts_of(cuts),
+        (as_of - h.last_day).days,
+        h.purchase_days,
+        float(h.first_spend + h.repeat_spend),
     )
     return {
         "rfm_recency": r.recency,
@@ -247,11 +249,13 @@ RFM_COLUMNS = (
 
 
 def event(served: ServedModel) -> CloudEvent:
-    """The served-model event, one per announced version (its id, so a relay publishing
-    it twice is deduplicated downstream)."""
+    """The served-model event, one per announced (model version, cut-point version): its
+    id, so a relay publishing it twice is deduplicated downstream."""
+    rfm_version = served.rfm.version if served.rfm else None
+    suffix = f":rfm:{rfm_version}" if rfm_version is not None else ""
     return new_event(
         "lifecycle.score_model_served",
-        id=f"{MODEL_SUBJECT}:{served.version}",
+        id=f"{MODEL_SUBJECT}:{served.version}{suffix}",
         source=SOURCE,
         subject=MODEL_SUBJECT,
         time=served.fitted_at,
@@ -287,10 +291,11 @@ class Jobs:
     async def refit(
         self, *, trigger: str, wait: bool = True, as_of: date | None = None
     ) -> dict[str, Any] | None:
-        """Fit on every customer's summary, store a new model version and, unless it scores
-        everyone as the last published one does, queue its lifecycle.score_model_served in
-        the same transaction. If another refit runs, wait for it and fit again (`wait`),
-        or return None. The fit and the scoring for the top decile run in a worker thread."""
+        """Fit on every customer's summary, store a new model version and new RFM cut
+        points and, unless they score everyone as the last announced ones do, queue their
+        lifecycle.score_model_served in the same transaction. If another refit runs, wait
+        for it and fit again (`wait`), or return None. The fit and the scoring for the top
+        decile run in a worker thread."""
         as_of = as_of or today()
         scorer = self.scorer
         # No erasure guard: a refit writes a model version, aggregates of everyone that
@@ -312,13 +317,8 @@ class Jobs:
                 clv_top_decile=decile,
                 policy=scorer.policy,
             )
-            served = scorer.served(row)
-            last = await repository.last_published_model(session)
-            published = not served.same_parameters(scorer.served(last) if last else None)
-            if published:
-                await add_events(session, models.outbox, scorer.topics.models, [event(served)])
-                await repository.mark_published(session, served.version)
-        await self.recompute_cuts(trigger="refit", as_of=as_of)
+            await self._store_cuts(session, trigger="refit", as_of=as_of)
+            served, published = await self._announce(session, row)
         metrics.FIT_SECONDS.observe(report.seconds)
         log.info(
             "model fitted",
@@ -334,18 +334,59 @@ class Jobs:
         return await self.describe_model()
 
     async def recompute_cuts(self, *, trigger: str, as_of: date | None = None) -> dict[str, Any]:
-        """Store new RFM cut points over the current base (none while it is empty) and
-        return the current ones; scores take them at their next rescore."""
+        """Store new RFM cut points over the current base (none while it is empty),
+        announce them with the served model unless their points are the last announced
+        ones, and return the current ones; scores take them at their next rescore."""
         as_of = as_of or today()
         async with self.sessions() as session, session.begin():
-            recency, frequency, monetary = await repository.rfm_measures(session, as_of)
-            if recency.size:
-                cuts = rfm.cuts_of(recency, frequency, monetary)
-                await repository.save_cuts(
-                    session, cuts, as_of=as_of, customers=int(recency.size), trigger=trigger
-                )
+            if await self._store_cuts(session, trigger=trigger, as_of=as_of):
+                # The refit lock orders announcements: each reads the latest model and
+                # cut points once it holds it, so consumers never see either go back.
+                await repository.refit_lock(session, wait=True)
+                model = await repository.current_model(session)
+                if model is not None:
+                    await self._announce(session, model)
             row = await repository.current_cuts(session)
         return describe_cuts(row)
+
+    async def _store_cuts(self, session: AsyncSession, *, trigger: str, as_of: date) -> bool:
+        """New cut points over the base as of `as_of`; False when it is empty."""
+        recency, frequency, monetary = await repository.rfm_measures(session, as_of)
+        if not recency.size:
+            return False
+        cuts = rfm.cuts_of(recency, frequency, monetary)
+        await repository.save_cuts(
+            session, cuts, as_of=as_of, customers=int(recency.size), trigger=trigger
+        )
+        return True
+
+    async def _announce(
+        self, session: AsyncSession, model: Mapping[str, Any]
+    ) -> tuple[ServedModel, bool]:
+        """Queue the served model (this model_versions row with the current cut points)
+        unless it scores everyone, RFM included, as the last announced one. The caller
+        holds the refit lock."""
+        scorer = self.scorer
+        cuts = await repository.current_cuts(session)
+        served = scorer.served(model, cuts)
+        last, last_cuts = (
+            await repository.last_published_model(session),
+            await repository.last_published_cuts(session),
+        )
+        published = not served.same_parameters(scorer.served(last, last_cuts) if last else None)
+        if published:
+            await add_events(session, models.outbox, scorer.topics.models, [event(served)])
+            await repository.mark_published(session, served.version)
+            if cuts is not None:
+                await repository.mark_cuts_published(session, cuts["version"])
+        return served, published
+
+    async def prune_moves(self, now: datetime | None = None) -> int:
+        """Drop RFM segment changes older than RFM_MOVES_DAYS (each customer's last one
+        before that stays: their segment then); return how many."""
+        before = (now or datetime.now(UTC)) - timedelta(days=self.settings.rfm_moves_days)
+        async with self.sessions() as session, session.begin():
+            return await repository.prune_moves(session, before)
 
     async def describe_model(self) -> dict[str, Any]:
         """What is served and why: GET /v1/model."""
@@ -473,13 +514,16 @@ class Jobs:
         return max(0.0, self.settings.refit_interval - age)
 
     async def rfm_loop(self) -> None:
-        """New cut points every RFM_INTERVAL (a refit computes them too), then rescore."""
+        """New cut points every RFM_INTERVAL (a refit computes them too), then rescore
+        and prune the segment changes past their retention."""
         delay = await self.until_cuts_due()
         while True:
             await asyncio.sleep(delay)
             try:
                 await self.recompute_cuts(trigger="schedule")
                 await self.rescore_all()
+                if pruned := await self.prune_moves():
+                    log.info("RFM moves pruned", extra={"rows": pruned})
             except Exception:
                 log.exception("scheduled RFM cut points failed; retrying at the next interval")
             delay = self.settings.rfm_interval

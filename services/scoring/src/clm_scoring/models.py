@@ -93,6 +93,9 @@ rfm_cuts = sa.Table(
     sa.Column("recency", ARRAY(sa.Float), nullable=False),
     sa.Column("frequency", ARRAY(sa.Float), nullable=False),
     sa.Column("monetary", ARRAY(sa.Float), nullable=False),
+    # When they were queued on the models topic with the served model; null: not
+    # announced (no model yet, or the same points as the last announced ones).
+    sa.Column("published_at", sa.DateTime(timezone=True)),
 )
 
 # A row each time a customer's RFM segment changes (from null: their first one), so that

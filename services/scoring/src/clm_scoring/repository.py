@@ -15,9 +15,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by, insert
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clm_events.rfm import Cuts
 from clm_scoring.domain.arrays import Floats, Frequencies, Spends
 from clm_scoring.domain.fitting import FitReport
-from clm_scoring.domain.rfm import Cuts
 from clm_scoring.domain.scores import Policy
 from clm_scoring.domain.summary import Order, PurchaseHistory, TimeUnit
 from clm_scoring.models import (
@@ -346,6 +346,44 @@ async def current_cuts(session: AsyncSession) -> Mapping[str, Any] | None:
     query = sa.select(rfm_cuts).order_by(rfm_cuts.c.version.desc()).limit(1)
     row = (await session.execute(query)).mappings().first()
     return dict(row) if row else None
+
+
+async def last_published_cuts(session: AsyncSession) -> Mapping[str, Any] | None:
+    """The latest cut points announced with the served model."""
+    query = (
+        sa.select(rfm_cuts)
+        .where(rfm_cuts.c.published_at.is_not(None))
+        .order_by(rfm_cuts.c.version.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def mark_cuts_published(session: AsyncSession, version: int) -> None:
+    await session.execute(
+        rfm_cuts.update().where(rfm_cuts.c.version == version).values(published_at=sa.func.now())
+    )
+
+
+async def prune_moves(session: AsyncSession, before: datetime) -> int:
+    """Delete segment changes older than `before`, but each customer's latest one before
+    it: their segment at `before`, so moves over any window from `before` on stay exact.
+    Returns the rows deleted."""
+    result = await session.execute(_PRUNE_MOVES, {"before": before})
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+
+_PRUNE_MOVES = sa.text(
+    f"""
+    DELETE FROM {rfm_moves.fullname} AS m
+    WHERE m.moved_at < :before AND EXISTS (
+        SELECT 1 FROM {rfm_moves.fullname} AS later
+        WHERE later.customer_id = m.customer_id AND later.moved_at < :before
+          AND (later.moved_at, later.id) > (m.moved_at, m.id)
+    )
+    """
+).bindparams(sa.bindparam("before", type_=sa.DateTime(timezone=True)))
 
 
 async def add_moves(session: AsyncSession, moves: Sequence[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from clm_events.rfm import Cuts
 from clm_events.scoremodel import ServedModel
 from clm_scoring.domain.bgnbd import BgNbdParams
 from clm_scoring.domain.gammagamma import GammaGammaParams
@@ -26,10 +27,12 @@ FIELDS = (
 )
 
 
-def served_model(row: Mapping[str, Any], policy: Policy) -> ServedModel:
-    """The model_versions row as served. Versions stored before they kept an estimator,
-    horizon and discount were maximum-likelihood fits (or the heuristic), served with the
-    configured `policy`."""
+def served_model(
+    row: Mapping[str, Any], policy: Policy, cuts: Mapping[str, Any] | None = None
+) -> ServedModel:
+    """The model_versions row as served, with the rfm_cuts row `cuts` (None: no RFM
+    section). Versions stored before they kept an estimator, horizon and discount were
+    maximum-likelihood fits (or the heuristic), served with the configured `policy`."""
     raw = {k: row[k] for k in FIELDS}
     estimator = row.get("estimator")
     if estimator is None and row["model"] != ModelKind.heuristic.value:
@@ -41,7 +44,15 @@ def served_model(row: Mapping[str, Any], policy: Policy) -> ServedModel:
             "estimator": estimator,
             "horizon_months": policy.horizon_months if horizon is None else horizon,
             "monthly_discount_rate": policy.monthly_discount_rate if rate is None else rate,
+            "rfm": cuts_of(cuts).to_json() if cuts else None,
         }
+    )
+
+
+def cuts_of(row: Mapping[str, Any]) -> Cuts:
+    """An rfm_cuts row as the shared cut points."""
+    return Cuts(
+        tuple(row["recency"]), tuple(row["frequency"]), tuple(row["monetary"]), row["version"]
     )
 
 

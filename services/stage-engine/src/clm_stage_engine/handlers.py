@@ -4,6 +4,7 @@ consumer runner, the timer loop and the backfill command own the transactions.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_events.consumer import Delivery
 from clm_events.envelope import IdentityLinkedEvent, LifecycleScoreModelServedEvent
+from clm_events.rfm import RFM_FACTS
 from clm_events.scoremodel import ServedModel
 from clm_events.topics import Topics
 from clm_stage_engine import identities, metrics
@@ -66,12 +68,20 @@ async def load_timelines(
     return timelines
 
 
+# How many versions back the model-change sweep looks for ones that evaluate like the
+# current one (see Models.current).
+EQUIVALENT_LOOK_BACK = 30
+
+
 class Models:
     """The current lifecycle model, compiled once per version. Every batch asks the
     database for the latest version number, so all replicas switch within one batch."""
 
     def __init__(self) -> None:
         self._current: CompiledModel | None = None
+        # The oldest version from which on every version evaluates every customer as the
+        # current one does: new RFM cut points under rules that read no RFM fact.
+        self.equivalent_since = 0
 
     async def current(self, session: AsyncSession) -> CompiledModel:
         version = await repo.latest_model_version(session)
@@ -82,18 +92,43 @@ class Models:
             row = await repo.get_model(session, version)
             assert row is not None
             self._current = compile_row(row)
+            self.equivalent_since = await self._equivalent_since(session, row, self._current)
         return self._current
+
+    async def _equivalent_since(
+        self, session: AsyncSession, row: repo.ModelRow, model: CompiledModel
+    ) -> int:
+        if any(n in RFM_FACTS for n in model.used):
+            return row.version
+        since = row.version
+        while since > 1 and row.version - since < EQUIVALENT_LOOK_BACK:
+            before = await repo.get_model(session, since - 1)
+            if before is None or not _only_cuts_differ(before, row):
+                break
+            since -= 1
+        return since
 
     async def adopt(self, session: AsyncSession, served: ServedModel) -> int | None:
         """Make a served score model current: a new lifecycle model version (same rules),
         which the model-change sweep applies to every customer. None when it changes
-        nothing: an older or a replayed version, or the same parameters."""
+        nothing: an older or a replayed announcement (model and cut-point versions), or
+        the same parameters and cut points."""
         current = (await self.current(session)).served
         if current is not None and (
-            served.version <= current.version or served.same_parameters(current)
+            served.order <= current.order or served.same_parameters(current)
         ):
             return None
         return await repo.add_model(session, "scoring", score_model=served.to_json())
+
+
+def _only_cuts_differ(a: repo.ModelRow, b: repo.ModelRow) -> bool:
+    """Same rules and the same served score model but for its RFM cut points."""
+    if a.spec != b.spec or (a.score_model is None) != (b.score_model is None):
+        return False
+    if a.score_model is None or b.score_model is None:
+        return True
+    one, other = ServedModel.from_json(a.score_model), ServedModel.from_json(b.score_model)
+    return dataclasses.replace(one, rfm=other.rfm).same_parameters(other)
 
 
 def compile_row(row: repo.ModelRow) -> CompiledModel:
@@ -209,9 +244,13 @@ class StageEngine:
         """Re-evaluate up to `limit` customers evaluated under an older model version."""
         started = time.perf_counter()
         model = await self.models.current(session)
-        stored = await repo.claim_outdated(session, model.version, limit)
+        # New cut points alone change nothing for rules that read no RFM fact: those
+        # customers only take the version number (their due times stay right).
+        since = self.models.equivalent_since
+        marked = await repo.mark_outdated(session, since, model.version, limit)
+        stored = await repo.claim_outdated(session, model.version, limit - marked)
         if not stored:
-            return 0
+            return marked
         clock = to_us(now)
         await self._process(
             session,
@@ -223,7 +262,7 @@ class StageEngine:
         )
         await repo.mark_model_version(session, list(stored), model.version)
         metrics.BATCH_SECONDS.labels("model_change").observe(time.perf_counter() - started)
-        return len(stored)
+        return marked + len(stored)
 
     # -- one batch -------------------------------------------------------------------
 

@@ -6,10 +6,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_stage_engine.domain.inputs import to_us
@@ -211,6 +212,25 @@ async def claim_outdated(session: AsyncSession, version: int, limit: int) -> Sto
         .with_for_update(skip_locked=True)
     )
     return {r.customer_id: (r.timeline, r.evaluated_until) for r in rows}
+
+
+async def mark_outdated(session: AsyncSession, since: int, version: int, limit: int) -> int:
+    """Give up to `limit` customers evaluated under a version in [since, version) the
+    current `version` without evaluating them (those versions evaluate as it does)."""
+    if since >= version or limit <= 0:
+        return 0
+    c = customers
+    claimed = (
+        sa.select(c.c.customer_id)
+        .where(c.c.model_version >= since, c.c.model_version < version)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        c.update().where(c.c.customer_id.in_(claimed)).values(model_version=version)
+    )
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 async def page_of_customers(session: AsyncSession, after: str, limit: int) -> Stored:

@@ -4,17 +4,20 @@ The accumulator is fed inputs in (time, source, id) order and answers "the facts
 any moment at or after the last input it saw, so a replay over a customer's timeline
 costs O(log n) per evaluation instead of a refold.
 
-Scores (churn probability, CLV) are facts like the others: evaluated as of the moment,
-from the customer's purchases and the served score model (clm_events.scoremodel), and
-only when a rule reads them (`score_fact`), since a CLV is a dozen hypergeometric terms.
+Scores (churn probability, CLV, RFM) are facts like the others: evaluated as of the
+moment, from the customer's purchases and the served score model (clm_events.scoremodel,
+with its RFM cut points, clm_events.rfm), and only when a rule reads them (`score_fact`),
+since a CLV is a dozen hypergeometric terms.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from clm_events import rfm
 from clm_events.scoremodel import ServedModel, Summary
 from clm_stage_engine.domain import inputs as k
 from clm_stage_engine.domain.inputs import US_PER_DAY, Input, from_us
@@ -25,8 +28,9 @@ _NO_TRAITS = dict.fromkeys(k.TRAITS)
 _WINDOWS = tuple((days, f"purchases_{days}d", f"revenue_{days}d") for days in WINDOWS_DAYS)
 # Inputs that start the inactivity clocks: only customers with one need timer ticks.
 ANCHORS = frozenset({k.PURCHASE, k.INVOICE_PAID, k.SUBSCRIPTION_STARTED, k.SUBSCRIPTION_CANCELLED})
-# The facts evaluated under the served score model rather than folded.
-SCORE_FACTS = ("clv", "churn_probability", "clv_top_decile")
+# The facts evaluated under the served score model (and its RFM cut points) rather than
+# folded.
+SCORE_FACTS = ("clv", "churn_probability", "clv_top_decile", *rfm.RFM_FACTS)
 _NO_SCORES = dict.fromkeys(SCORE_FACTS)
 # Distinct web.tracked names counted per customer: a producer sending a new name with
 # every event (an id in the name) must not grow the stored fold without bound.
@@ -59,7 +63,7 @@ class Accumulator:
         self._static: dict[str, Any] | None = None
         self._customer_since: int | None = None
         self._cancelled_at: int | None = None
-        self._summary: tuple[int, int, int, float, float] | bool | None = False
+        self._summary: _Summary | bool | None = False
         self._scored: tuple[Any, ...] = ()
 
     def to_json(self) -> list[Any]:
@@ -237,13 +241,27 @@ class Accumulator:
         f.update(_NO_SCORES)  # evaluated on demand: see score_fact and with_scores
         return f
 
-    def score_fact(self, name: str, now: int, served: ServedModel | None) -> float | None:
+    def score_fact(self, name: str, now: int, served: ServedModel | None) -> Any:
         """A score fact as of `now` (a day, as scoring's as-of date) under `served`: None
-        without a served model or, for the customer's own scores, without a purchase."""
+        without a served model (or its RFM cut points, for an RFM fact) or, for the
+        customer's own scores, without a purchase."""
         if served is None:
             return None
         if name == "clv_top_decile":
             return served.clv_top_decile
+        if name in rfm.RFM_FACTS:
+            r = self.rfm(now, served.rfm)
+            if r is None:
+                return None
+            if name == "rfm_cell":
+                return r.cell
+            if name == "rfm_segment":
+                return r.segment
+            return (
+                r.recency
+                if name == "rfm_recency"
+                else (r.frequency if name == "rfm_frequency" else r.monetary)
+            )
         summary = self.score_summary(now)
         if summary is None:
             return None
@@ -262,15 +280,31 @@ class Accumulator:
             else:
                 scored = (served, T, None, 1.0 - served.p_alive(summary))
             self._scored = scored
-        return scored[2] if name == "clv" else scored[3]  # type: ignore[no-any-return]
+        return scored[2] if name == "clv" else scored[3]
 
     def score_summary(self, now: int) -> Summary | None:
         """The purchase summary scoring would compute as of `now`'s day (None: no purchase)."""
         base = self._score_summary()
         if base is None:
             return None
-        x, first_day, t_x, mean_repeat_spend, mean_spend = base
+        x, first_day, t_x, mean_repeat_spend, mean_spend, _, _ = base
         return Summary(x, t_x, now // US_PER_DAY - first_day, mean_repeat_spend, mean_spend)
+
+    def rfm_measures(self, now: int) -> tuple[int, int, float] | None:
+        """Scoring's RFM measures as of `now`'s day: days since the last purchase day,
+        purchase days and spend net of refunds (None: no purchase that counts)."""
+        base = self._score_summary()
+        if base is None:
+            return None
+        x, _, _, _, _, last_day, monetary = base
+        return now // US_PER_DAY - last_day, x + 1, monetary
+
+    def rfm(self, now: int, cuts: rfm.Cuts | None) -> rfm.Rfm | None:
+        """The customer's RFM as of `now` under `cuts`, as scoring scores it."""
+        measures = self.rfm_measures(now) if cuts is not None else None
+        if measures is None or cuts is None:
+            return None
+        return rfm.score(cuts, *measures)
 
     def with_scores(
         self, facts: dict[str, Any], now: int, served: ServedModel | None
@@ -280,16 +314,22 @@ class Accumulator:
             return facts
         return {**facts, **{n: self.score_fact(n, now, served) for n in SCORE_FACTS}}
 
-    def _score_summary(self) -> tuple[int, int, int, float, float] | None:
-        """(x, first day, t_x in days, mean repeat spend, mean spend) of the orders that
-        count (a fully refunded one does not), grouped by day: scoring's summary."""
+    def _score_summary(self) -> _Summary | None:
+        """(x, first day, t_x in days, mean repeat spend, mean spend, last day, total
+        spend) of the orders that count (a fully refunded one does not), grouped by day:
+        scoring's summary."""
         if self._summary is not False:
             return self._summary  # type: ignore[return-value]
         by_day: dict[int, float] = {}
+        total = Decimal(0)
         for day, amount, refunded in self._orders.values():
             if day is None or (refunded > 0 and refunded >= amount):
                 continue
             by_day[day] = by_day.get(day, 0.0) + max(0.0, amount - refunded)
+            # Scoring adds decimals: so does RFM's monetary, which is compared with cut
+            # points that often sit exactly on a common amount. A refund total is a sum
+            # of floats: to the billionth it is the decimal sum.
+            total += max(Decimal(0), Decimal(repr(amount)) - Decimal(repr(round(refunded, 9))))
         summary = None
         if by_day:
             days = sorted(by_day)
@@ -301,9 +341,15 @@ class Accumulator:
                 days[-1] - first,
                 repeat / x if x else 0.0,
                 (by_day[first] + repeat) / len(days),
+                days[-1],
+                float(total),
             )
         self._summary = summary
         return summary
+
+
+# x, first day, t_x, mean repeat spend, mean spend, last day, total spend (Accumulator).
+_Summary = tuple[int, int, int, float, float, int, float]
 
 
 def to_json(facts: dict[str, Any]) -> dict[str, Any]:

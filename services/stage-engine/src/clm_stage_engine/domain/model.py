@@ -19,6 +19,7 @@ import cel
 
 from clm_events.catalog import Stage
 from clm_events.facts import FACTS
+from clm_events.rfm import RFM_FACTS
 from clm_events.scoremodel import ServedModel
 from clm_stage_engine.domain.facts import SCORE_FACTS
 
@@ -28,7 +29,8 @@ CONTEXT: dict[str, tuple[str, str]] = {
     "stage": ("string", "the current stage, '' before the first classification"),
     "purchases_in_stage": ("int", "purchases since the customer entered the current stage"),
 }
-VARIABLES: dict[str, tuple[str, str]] = {**FACTS, **CONTEXT}
+# RFM is the stage engine's own for now (the served cut points reach only it).
+VARIABLES: dict[str, tuple[str, str]] = {**FACTS, **RFM_FACTS, **CONTEXT}
 
 MAX_RULES = 100
 MAX_EXPRESSION = 2000
