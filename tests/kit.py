@@ -103,11 +103,13 @@ async def running(
     bootstrap: str,
     *,
     topic_prefix: str | None = None,
+    wrap: Callable[[Any], Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     """A service's app with its consumers and loops running, on fresh topics (or those of
     `topic_prefix`, to chain services) and consumer groups; yields an HTTP client for it
-    and its Runtime (`runtime.topics`, ...). Keyword arguments override its settings."""
+    (through `wrap`, an ASGI middleware, if given) and its Runtime (`runtime.topics`,
+    ...). Keyword arguments override its settings."""
     config = importlib.import_module(f"{package}.config")
     main = importlib.import_module(f"{package}.main")
     settings = config.Settings(
@@ -128,7 +130,7 @@ async def running(
     )
     app: FastAPI = main.create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app if wrap is None else wrap(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
             yield client, app.state.runtime
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conditionkit import conditions, customer, states
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from kit import fresh_database
@@ -25,7 +26,6 @@ from clm_campaigns.domain.segments import CompiledSegment, compile_segment_condi
 from clm_campaigns.models import customers
 from clm_campaigns.segments import estimate
 from clm_events import db
-from clm_events.catalog import RFM_SEGMENTS, Stage
 
 
 @pytest.fixture(scope="module")
@@ -36,85 +36,9 @@ async def sessions(database_url: str) -> AsyncIterator[Any]:
         await engine.dispose()
 
 
-_strings = st.sampled_from(["gold", "free", "", "5", "12.50", " 7", "1e3", "abc", "Gold", "é"])
-_numbers = st.one_of(
-    st.integers(-3, 12),
-    st.sampled_from([0.5, 2.0, 5.5, 1e20, -1.25, 10**17, 500, 1822.5]),
-)
-_scalars = st.one_of(_strings, _numbers, st.booleans(), st.none())
-_json = st.one_of(_scalars, st.lists(_scalars, max_size=2), st.dictionaries(_strings, _scalars))
-
-
-def _maybe(keys: list[str], values: Any) -> Any:
-    """A map with some of these keys (a missing key is an error in CEL)."""
-    return st.dictionaries(st.sampled_from(keys), values, max_size=len(keys))
-
-
-_state = st.builds(
-    lambda stage, traits, facts, scores: (stage, traits, facts, scores),
-    st.one_of(st.none(), st.sampled_from([s.value for s in Stage])),
-    _maybe(["plan", "vip", "age", "email"], _json),
-    _maybe(["purchases_total", "revenue_total", "subscription_status", "latest_nps"], _json),
-    _maybe(
-        ["clv", "churn_probability", "rfm_recency", "rfm_segment", "model"],
-        st.one_of(_json, st.sampled_from(RFM_SEGMENTS)),
-    ),
-)
-
-PATHS = [
-    "stage",
-    "traits.plan",
-    "traits.vip",
-    "traits.age",
-    "facts.purchases_total",
-    "facts.revenue_total",
-    "facts.subscription_status",
-    "facts.latest_nps",
-    "facts.email",
-    "facts.clv",
-    "scores.clv",
-    "scores.churn_probability",
-    "scores.rfm_recency",
-    "scores.rfm_segment",
-    "scores.model",
-]
-_literal = st.one_of(
-    st.sampled_from(['"gold"', '"5"', '""', '"at_risk"', '"Champions"', '"\\u00e9"', "'free'"]),
-    st.sampled_from(["0", "5", "-3", "2.5", "500", "1822.5", "1e3", "true", "false", "null"]),
-)
-_op = st.sampled_from(["==", "!=", "<", "<=", ">", ">="])
-
-
-@st.composite
-def _atom(draw: Any) -> str:
-    path = draw(st.sampled_from(PATHS))
-    if draw(st.integers(0, 5)) == 0:
-        items = draw(st.lists(_literal, max_size=3))
-        return f"{path} in [{', '.join(items)}]"
-    left, right = path, draw(_literal)
-    if draw(st.booleans()):
-        left, right = right, left
-    return f"{left} {draw(_op)} {right}"
-
-
-_condition = st.recursive(
-    st.one_of(_atom(), st.sampled_from(["true", "false", "traits.vip"])),
-    lambda inner: st.one_of(
-        st.builds(lambda a, b: f"{a} && {b}", inner, inner),
-        st.builds(lambda a, b: f"({a} || {b})", inner, inner),
-        st.builds(lambda a: f"!({a})", inner),
-    ),
-    max_leaves=5,
-)
-
-
 async def _fill(session: AsyncSession, rows: list[Any]) -> list[CustomerState]:
     await session.execute(sa.delete(customers))
-    states = [
-        CustomerState(f"c{i:03}", stage=st_, traits=t, facts=f, scores=sc)
-        for i, (st_, t, f, sc) in enumerate(rows)
-    ]
-    await repository.save_customers(session, states)
+    await repository.save_customers(session, [customer(i, r) for i, r in enumerate(rows)])
     # As every pass reads them back: JSON decoded by the driver.
     return await repository.customers_page(session, "", 10_000)
 
@@ -130,15 +54,15 @@ async def _sql(session: AsyncSession, where: Any) -> set[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    rows=st.lists(_state, min_size=1, max_size=12),
-    conditions=st.lists(_condition, min_size=1, max_size=4),
+    rows=st.lists(states, min_size=1, max_size=12),
+    sources=st.lists(conditions, min_size=1, max_size=4),
 )
 async def test_sql_matches_exactly_the_customers_cel_matches(
-    sessions: Any, rows: list[Any], conditions: list[str]
+    sessions: Any, rows: list[Any], sources: list[str]
 ) -> None:
     async with sessions() as s, s.begin():
         states = await _fill(s, rows)
-        for source in conditions:
+        for source in sources:
             try:
                 segment = CompiledSegment(
                     "x", 1, compile_segment_condition(source, check_types=False)
@@ -148,7 +72,7 @@ async def test_sql_matches_exactly_the_customers_cel_matches(
             translated = condition_sql(source)
             assume(translated is not None)
             assert translated is not None
-            by_cel = {c.customer_id for c in states if segment.matches(c)}
+            by_cel = {c.customer_id for c in states if segment.by_cel(c)}
             undecided = await _sql(s, translated.undecided)
             decided_true = await _sql(s, sa.and_(sa.not_(translated.undecided), translated.matches))
             assert decided_true == by_cel - undecided, source

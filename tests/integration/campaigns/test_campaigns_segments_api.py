@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from campaignkit import cid, event, publish, transition
 from kit import bearer, running, until
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -236,3 +237,34 @@ async def test_size_over_time_is_one_sample_per_interval(
         )
         assert naive.status_code == 422
         assert naive.json()["detail"][0]["loc"] == ["query", "from"]
+
+
+async def test_a_write_is_committed_before_its_response_starts(
+    migrated: str, bootstrap_servers: str, engine: AsyncEngine, admin_key: str
+) -> None:
+    """A client that reads right after a 201 finds what it created (and a commit that
+    fails cannot follow a 201): when the response starts, the row is in the database."""
+    name = f"committed-{uuid.uuid4().hex[:8]}"
+    seen: list[int] = []
+
+    def wrap(app: Any) -> Any:
+        async def watched(scope: Any, receive: Any, send: Any) -> None:
+            async def sending(message: Any) -> None:
+                if message["type"] == "http.response.start" and scope["method"] == "POST":
+                    async with engine.connect() as conn:
+                        found = await conn.scalar(
+                            sa.text("SELECT count(*) FROM campaigns.segments WHERE name = :n"),
+                            {"n": name},
+                        )
+                    seen.append(int(found or 0))
+                await send(message)
+
+            await app(scope, receive, sending)
+
+        return watched
+
+    async with running("clm_campaigns", migrated, bootstrap_servers, wrap=wrap) as (client, _):
+        body = {"name": name, "condition": 'stage == "lapsed"'}
+        created = await client.post("/v1/segments", json=body, headers=bearer(admin_key))
+        assert created.status_code == 201, created.text
+    assert seen == [1]

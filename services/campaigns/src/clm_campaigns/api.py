@@ -61,7 +61,10 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Session = Annotated[AsyncSession, Depends(_session)]
+# scope="function": committed before the response is sent. By default the code after
+# yield runs once the response has gone, so a client could read before the commit (a
+# 404 for the segment it just created) or be told 201 for a commit that then failed.
+Session = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
 def _masked(definition: dict[str, Any]) -> dict[str, Any]:

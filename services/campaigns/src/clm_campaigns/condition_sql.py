@@ -2,10 +2,9 @@
 members of a draft over a million customers is one scan inside PostgreSQL instead of a
 million CEL evaluations in Python (about 10 us each, before building their contexts).
 
-Only what can be translated exactly is: `||`, `&&`, `!`, parentheses, `true`/`false`, and
-a field (`stage`, `traits.x`, `facts.x`, `scores.x`) compared with a literal (`==`, `!=`,
-`<`, `<=`, `>`, `>=`, `in [...]`). Anything else (arithmetic, functions, macros, two
-fields compared) returns None and the caller evaluates in Python.
+What translates is the simple part of CEL that domain.condition_ast parses; anything else
+(arithmetic, functions, macros, two fields compared) returns None and the caller
+evaluates in Python.
 
 Exact means: the SQL is true exactly where `Condition.matches` is. A field's value is
 first converted as the condition converts it (conditions.TYPES), and CEL's errors map onto
@@ -25,7 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from clm_campaigns.domain.conditions import TYPES, Token, _value, tokenize
+from clm_campaigns.domain import condition_ast as ast
+from clm_campaigns.domain.conditions import TYPES
 from clm_campaigns.domain.projection import _SCORE_FACTS, TRAIT_FACTS
 from clm_campaigns.models import customers
 from clm_events.facts import FACTS
@@ -34,12 +34,12 @@ from clm_events.facts import FACTS
 # (both round correctly) and well inside float8's range.
 _DECIMAL = r"^-?[0-9]{1,15}(\.[0-9]{1,15})?$"
 _INTEGER = r"^-?[0-9]{1,15}$"
-_ORDER = {"<": "<", "<=": "<=", ">": ">", ">=": ">="}
-_SWAP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+# JSON's null (a bound "null" would be the JSON string "null").
+_JSON_NULL = sa.literal_column("'null'::jsonb", JSONB)
 
 
 class Untranslatable(Exception):
-    """The condition uses something this module does not translate."""
+    """The condition names a field of a kind this module does not translate."""
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,16 @@ class ConditionSql:
 
 def condition_sql(source: str) -> ConditionSql | None:
     """The condition as SQL over `customers`, or None when it is not translatable."""
-    parser = _Parser(tokenize(source))
+    tree = ast.parse(source)
+    if tree is None:
+        return None
     try:
-        expr = parser.disjunction()
-        if parser.i != len(parser.tokens):
-            raise Untranslatable("trailing tokens")
+        values = {f: _field(f) for f in ast.fields(tree)}
     except Untranslatable:
         return None
-    undecided = sa.or_(sa.false(), *(sa.func.coalesce(u, sa.false()) for u in parser.undecided))
-    return ConditionSql(matches=sa.func.coalesce(expr, sa.false()), undecided=undecided)
+    matches = sa.func.coalesce(_sql(tree, values), sa.false())
+    undecided = sa.or_(sa.false(), *(sa.func.coalesce(v.unclean, False) for v in values.values()))
+    return ConditionSql(matches=matches, undecided=undecided)
 
 
 @dataclass
@@ -132,7 +133,10 @@ def _json_value(j: ColumnElement[Any], absent: ColumnElement[bool], kind: str) -
     raise Untranslatable(f"a {kind} field")
 
 
-def _field(root: str, name: str) -> _Value:
+def _field(f: ast.Field) -> _Value:
+    if f.root == "stage":
+        return _stage()
+    root, name = f.root, f.name
     kind = TYPES.get(f"{root}.{name}", "as_is").rstrip("?")
     if root in ("traits", "scores"):
         column = customers.c[root]
@@ -143,202 +147,61 @@ def _field(root: str, name: str) -> _Value:
     # then the stage engine's fact (null when unknown; absent if not a fact at all).
     sources: list[ColumnElement[Any]] = []
     if name in TRAIT_FACTS:
-        sources.append(sa.func.nullif(customers.c.traits[name], sa.cast("null", JSONB)))
+        sources.append(sa.func.nullif(customers.c.traits[name], _JSON_NULL))
     if name in _SCORE_FACTS:
-        sources.append(sa.func.nullif(customers.c.scores[name], sa.cast("null", JSONB)))
+        sources.append(sa.func.nullif(customers.c.scores[name], _JSON_NULL))
     if name in FACTS:
-        sources += [customers.c.facts[name], sa.cast("null", JSONB)]
+        sources += [customers.c.facts[name], _JSON_NULL]
     if not sources:
         return _json_value(sa.null(), sa.true(), kind)
     j = sa.func.coalesce(*sources) if len(sources) > 1 else sources[0]
     return _json_value(j, sa.false() if name in FACTS else j.is_(None), kind)
 
 
-@dataclass
-class _Literal:
-    kind: str  # string, number, bool, null
-    value: Any
-
-
-class _Parser:
-    """Recursive descent over CEL's tokens, for the subset in the module's docstring."""
-
-    def __init__(self, tokens: list[Token]) -> None:
-        self.tokens, self.i = tokens, 0
-        self.undecided: list[ColumnElement[bool]] = []
-
-    def peek(self, offset: int = 0) -> Token | None:
-        j = self.i + offset
-        return self.tokens[j] if j < len(self.tokens) else None
-
-    def take(self, text: str) -> bool:
-        token = self.peek()
-        if token is not None and token.kind == "op" and token.text == text:
-            self.i += 1
-            return True
-        return False
-
-    def disjunction(self) -> ColumnElement[bool]:
-        parts = [self.conjunction()]
-        while self.take("||"):
-            parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else sa.or_(*parts)
-
-    def conjunction(self) -> ColumnElement[bool]:
-        parts = [self.unary()]
-        while self.take("&&"):
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else sa.and_(*parts)
-
-    def unary(self) -> ColumnElement[bool]:
-        if self.take("!"):
-            token = self.peek()
-            if token is None or token.text not in ("(", "!"):
-                raise Untranslatable("! of a field")
-            return sa.not_(self.unary())
-        if self.take("("):
-            inner = self.disjunction()
-            if not self.take(")"):
-                raise Untranslatable("unbalanced parentheses")
-            return inner
-        token = self.peek()
-        if token is not None and token.kind == "bool" and not self._relation_follows(1):
-            self.i += 1
-            return sa.true() if token.text == "true" else sa.false()
-        return self.relation()
-
-    def _relation_follows(self, offset: int) -> bool:
-        token = self.peek(offset)
-        return token is not None and token.text in (*_SWAP, "in")
-
-    def relation(self) -> ColumnElement[bool]:
-        left = self.operand()
-        token = self.peek()
-        if token is None or token.text not in (*_SWAP, "in"):
-            if isinstance(left, _Value):  # a bare field: a bool, else an error
-                self.undecided.append(left.unclean)
-                return sa.case((left.is_bool, left.boolean()), else_=sa.null())
-            raise Untranslatable("a literal alone")
-        self.i += 1
-        op = token.text
-        if op == "in":
-            values, elements = left, self.list_literal()
-            if not isinstance(values, _Value):
-                raise Untranslatable("a literal in a list")
-            self.undecided.append(values.unclean)
-            return self.within(values, elements)
-        right = self.operand()
-        if isinstance(left, _Value) and isinstance(right, _Literal):
-            value, literal = left, right
-        elif isinstance(left, _Literal) and isinstance(right, _Value):
-            value, literal, op = right, left, _SWAP[op]
-        else:
-            raise Untranslatable("not a field against a literal")
-        self.undecided.append(value.unclean)
-        return self.compare(value, op, literal)
-
-    def operand(self) -> _Value | _Literal:
-        token = self.peek()
-        if token is None:
-            raise Untranslatable("missing operand")
-        if token.kind == "ident":
-            return self.path()
-        return self.literal()
-
-    def path(self) -> _Value:
-        root = self.tokens[self.i].text
-        if root == "stage":
-            self.i += 1
-            return _stage()
-        dot, name = self.peek(1), self.peek(2)
-        if (
-            root not in ("traits", "facts", "scores")
-            or dot is None
-            or dot.text != "."
-            or name is None
-            or name.kind != "ident"
-        ):
-            raise Untranslatable(f"{root}: not a field")
-        after = self.peek(3)
-        if after is not None and after.text in (".", "[", "("):
-            raise Untranslatable("a member of a field")
-        self.i += 3
-        return _field(root, name.text)
-
-    def literal(self) -> _Literal:
-        token = self.peek()
-        negative = token is not None and token.text == "-"
-        if negative:
-            self.i += 1
-            token = self.peek()
-        if token is None:
-            raise Untranslatable("missing literal")
-        self.i += 1
-        if token.kind in ("int", "double") and not token.text.lower().startswith("0x"):
-            number = float(token.text) if token.kind == "double" else int(token.text)
-            if abs(number) > 2**53:  # compared as doubles, which hold integers this far
-                raise Untranslatable("a number beyond 2**53")
-            return _Literal("number", -number if negative else number)
-        if negative:
-            raise Untranslatable("- of something else")
-        if token.kind == "string":
-            return _Literal("string", _string_value(token.text))
-        if token.kind == "bool":
-            return _Literal("bool", token.text == "true")
-        if token.kind == "null":
-            return _Literal("null", None)
-        raise Untranslatable(f"a {token.kind} literal")
-
-    def list_literal(self) -> list[_Literal]:
-        if not self.take("["):
-            raise Untranslatable("in: not a list literal")
-        out: list[_Literal] = []
-        while not self.take("]"):
-            out.append(self.literal())
-            if not self.take(","):
-                if not self.take("]"):
-                    raise Untranslatable("malformed list")
-                break
-        return out
-
-    def compare(self, v: _Value, op: str, lit: _Literal) -> ColumnElement[bool]:
-        if op == "==":
-            return self.equal(v, lit)
-        if op == "!=":
-            return sa.not_(self.equal(v, lit))
-        if lit.kind == "number":
-            ordered = v.num().op(_ORDER[op], is_comparison=True)(lit.value)
-            return sa.case((v.absent, sa.null()), (v.is_num, ordered), else_=sa.null())
-        if lit.kind == "string":
-            # CEL orders strings by code point: the "C" collation's byte order in UTF-8.
-            text = v.text.collate("C")
-            ordered = text.op(_ORDER[op], is_comparison=True)(lit.value)
-            return sa.case((v.absent, sa.null()), (v.is_str, ordered), else_=sa.null())
-        raise Untranslatable(f"{op} with a {lit.kind}")
-
-    def equal(self, v: _Value, lit: _Literal) -> ColumnElement[bool]:
-        """CEL's ==: across types false, with null true only for null."""
-        # CASE, not AND: PostgreSQL may evaluate AND's sides in any order, and a cast
-        # must only see text it can read.
-        if lit.kind == "null":
-            same: ColumnElement[bool] = v.is_null
-        elif lit.kind == "string":
-            same = sa.case((v.is_str, v.text == lit.value), else_=sa.false())
-        elif lit.kind == "number":
-            same = sa.case((v.is_num, v.num() == float(lit.value)), else_=sa.false())
-        else:
-            same = sa.case((v.is_bool, v.boolean() == lit.value), else_=sa.false())
-        return sa.case((v.absent, sa.null()), else_=sa.func.coalesce(same, sa.false()))
-
-    def within(self, v: _Value, elements: list[_Literal]) -> ColumnElement[bool]:
-        if not elements:
+def _sql(node: ast.Node, values: dict[ast.Field, _Value]) -> ColumnElement[bool]:
+    """TRUE, FALSE, or NULL where CEL errs."""
+    if isinstance(node, ast.Const):
+        return sa.true() if node.value else sa.false()
+    if isinstance(node, ast.Not):
+        return sa.not_(_sql(node.operand, values))
+    if isinstance(node, ast.And):
+        return sa.and_(*(_sql(p, values) for p in node.parts))
+    if isinstance(node, ast.Or):
+        return sa.or_(*(_sql(p, values) for p in node.parts))
+    v = values[node.field]
+    if isinstance(node, ast.Bare):
+        return sa.case((v.is_bool, v.boolean()), else_=sa.null())
+    if isinstance(node, ast.In):
+        if not node.literals:
             return sa.case((v.absent, sa.null()), else_=sa.false())
-        return sa.or_(*(self.equal(v, e) for e in elements))
+        return sa.or_(*(_equal(v, e) for e in node.literals))
+    return _compare(v, node.op, node.literal)
 
 
-def _string_value(text: str) -> str:
-    """A CEL string literal's value (escapes and all), as CEL reads it."""
-    value = _value(text)
-    if not isinstance(value, str):
-        raise Untranslatable("not a string")
-    return value
+def _compare(v: _Value, op: str, lit: ast.Literal) -> ColumnElement[bool]:
+    if op == "==":
+        return _equal(v, lit)
+    if op == "!=":
+        return sa.not_(_equal(v, lit))
+    if lit.kind == "number":
+        ordered = v.num().op(op, is_comparison=True)(lit.value)
+        return sa.case((v.absent, sa.null()), (v.is_num, ordered), else_=sa.null())
+    # A string (the parser orders nothing else): CEL orders strings by code point, the
+    # "C" collation's byte order in UTF-8.
+    ordered = v.text.collate("C").op(op, is_comparison=True)(lit.value)
+    return sa.case((v.absent, sa.null()), (v.is_str, ordered), else_=sa.null())
+
+
+def _equal(v: _Value, lit: ast.Literal) -> ColumnElement[bool]:
+    """CEL's ==: across types false, with null true only for null."""
+    # CASE, not AND: PostgreSQL may evaluate AND's sides in any order, and a cast must
+    # only see text it can read.
+    if lit.kind == "null":
+        same: ColumnElement[bool] = v.is_null
+    elif lit.kind == "string":
+        same = sa.case((v.is_str, v.text == lit.value), else_=sa.false())
+    elif lit.kind == "number":
+        same = sa.case((v.is_num, v.num() == float(lit.value)), else_=sa.false())
+    else:
+        same = sa.case((v.is_bool, v.boolean() == lit.value), else_=sa.false())
+    return sa.case((v.absent, sa.null()), else_=sa.func.coalesce(same, sa.false()))
