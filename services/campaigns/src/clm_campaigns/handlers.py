@@ -25,6 +25,7 @@ from clm_campaigns.domain.evaluate import (
 )
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
 from clm_campaigns.domain.projection import CustomerState, Occasion
+from clm_campaigns.domain.segments import Inputs
 from clm_campaigns.domain.templates import TemplateProblem
 from clm_campaigns.domain.triggers import (
     STORED,
@@ -276,6 +277,7 @@ class Campaigns:
         ids = sorted({d.event.subject for d in deliveries})
         merges = _merges(deliveries)
         states = await repository.load_customers(session, sorted({*ids, *(a for _, a in merges)}))
+        before = {c: Inputs.of(s) for c, s in states.items()}  # what segments may have to redo
         # Earlier batches' pending actions of transitions this batch retracts (or of
         # anonymous ids it merges) are suppressed first, and only then are the entries
         # read: an action the dispatcher claimed meanwhile is not suppressed, so it must
@@ -295,7 +297,7 @@ class Campaigns:
         await repository.save_customers(session, states.values())
         # Their segment membership, now and in this transaction (exactly once with it),
         # and the actions of triggers on entering or leaving a segment.
-        changes = await segments.update_members(session, self.segments, states.values())
+        changes = await segments.update_members(session, self.segments, states.values(), before)
         latest: dict[str, datetime] = {}
         for e in (d.event for d in deliveries):
             latest[e.subject] = max(e.time, latest.get(e.subject, e.time))

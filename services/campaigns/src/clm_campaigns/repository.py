@@ -1215,20 +1215,20 @@ def _columns_for(reads: Iterable[str]) -> set[str]:
 
 async def set_memberships(
     session: AsyncSession,
-    customer_ids: Sequence[str],
+    evaluated: Sequence[tuple[str, str]],
     versions: dict[str, int],
     members: Sequence[tuple[str, str]],
 ) -> tuple[list[Stay], list[Stay]]:
-    """The membership of `customer_ids` in the segments of `versions` (id -> version) is
-    exactly `members` ((segment, customer) pairs): rows of others are deleted, new ones
+    """Of the `evaluated` (segment, customer) pairs, exactly `members` are memberships
+    (under the segment versions of `versions`): rows of the others are deleted, new ones
     inserted (an existing one keeps its `since`). Returns the stays begun and ended."""
-    if not customer_ids or not versions:
+    if not evaluated:
         return [], []
     left = await session.execute(
         _LEAVE,
         {
-            "ids": list(customer_ids),
-            "segs": list(versions),
+            "e_seg": [s for s, _ in evaluated],
+            "e_cust": [c for _, c in evaluated],
             "m_seg": [s for s, _ in members],
             "m_cust": [c for _, c in members],
         },
@@ -1282,7 +1282,8 @@ class Stay(NamedTuple):
 
 _LEAVE = sa.text("""
     DELETE FROM campaigns.segment_members m
-    WHERE m.customer_id = ANY(CAST(:ids AS text[])) AND m.segment_id = ANY(CAST(:segs AS text[]))
+    USING unnest(CAST(:e_seg AS text[]), CAST(:e_cust AS text[])) AS e(segment_id, customer_id)
+    WHERE m.segment_id = e.segment_id AND m.customer_id = e.customer_id
       AND (m.segment_id, m.customer_id) NOT IN (
         SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[])))
     RETURNING m.segment_id, m.customer_id, m.since

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clm_campaigns import metrics, repository
 from clm_campaigns.condition_sql import condition_sql
 from clm_campaigns.domain.projection import CustomerState
-from clm_campaigns.domain.segments import CompiledSegment, compile_segment_condition
+from clm_campaigns.domain.segments import CompiledSegment, Inputs, compile_segment_condition
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,33 @@ class Change:
 
 
 async def update_members(
-    session: AsyncSession, cache: SegmentCache, states: Iterable[CustomerState]
+    session: AsyncSession,
+    cache: SegmentCache,
+    states: Iterable[CustomerState],
+    before: Mapping[str, Inputs] | None = None,
 ) -> list[Change]:
     """Re-evaluate these customers (their projection just saved, in this transaction)
-    against every live segment, write who entered and who left, and return the changes
-    that are occasions (see the module's docstring)."""
+    against the live segments, write who entered and who left, and return the changes
+    that are occasions (see the module's docstring). With `before` (the customers'
+    inputs as loaded), a customer is evaluated only against the segments that read
+    something that changed: nothing else can move them."""
     states = list(states)
     if not states:
         return []
     live, recomputing = await cache.live(session)
     if not live:
         return []
-    members = [(seg.id, s.customer_id) for seg in live for s in states if seg.matches(s)]
+    evaluated, members = [], []
+    for s in states:
+        prior = None if before is None else before.get(s.customer_id)
+        changed = None if prior is None else prior.changed(s)
+        for seg in live:
+            if changed is None or seg.reads_any(changed):
+                evaluated.append((seg.id, s.customer_id))
+                if seg.matches(s):
+                    members.append((seg.id, s.customer_id))
     entered, left = await repository.set_memberships(
-        session, [s.customer_id for s in states], {seg.id: seg.version for seg in live}, members
+        session, evaluated, {seg.id: seg.version for seg in live}, members
     )
 
     def committed(_session: Any) -> None:  # counted once durable
@@ -198,7 +211,10 @@ class Recompute:
             )
             members = [(segment_id, s.customer_id) for s in states if segment.matches(s)]
             await repository.set_memberships(
-                session, [s.customer_id for s in states], {segment_id: version}, members
+                session,
+                [(segment_id, s.customer_id) for s in states],
+                {segment_id: version},
+                members,
             )
             progress["done"] += len(states)
             if states:
