@@ -89,11 +89,12 @@ async def save_histories(
     session: AsyncSession, histories: Mapping[str, PurchaseHistory | None]
 ) -> None:
     """Upsert histories; None (nothing left after refunds) removes the customer's
-    history and score."""
+    history. Their score row stays, unread without a history, for what consumers were
+    last told: a later purchase scores them again with the next event id (from count 1
+    again, its id would repeat one consumers have seen, and they would drop it)."""
     gone = [c for c, h in histories.items() if h is None]
     if gone:
         await session.execute(customers.delete().where(customers.c.customer_id.in_(gone)))
-        await session.execute(scores.delete().where(scores.c.customer_id.in_(gone)))
     rows = [
         {
             "customer_id": c,
@@ -306,7 +307,10 @@ async def score_of(session: AsyncSession, customer_id: str) -> Any | None:
 async def churn_distribution(session: AsyncSession) -> dict[int, int]:
     """Customers per tenth of churn probability (0 = [0, 0.1), ..., 9 = [0.9, 1])."""
     bucket = sa.func.least(sa.func.floor(scores.c.churn_probability * 10), 9).label("bucket")
-    rows = await session.execute(sa.select(bucket, sa.func.count()).group_by(bucket))
+    scored = scores.join(customers, customers.c.customer_id == scores.c.customer_id)
+    rows = await session.execute(
+        sa.select(bucket, sa.func.count()).select_from(scored).group_by(bucket)
+    )
     return {int(b): int(n) for b, n in rows}
 
 
