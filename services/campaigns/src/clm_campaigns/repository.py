@@ -1024,6 +1024,7 @@ async def change_segment(
 ) -> SegmentRow:
     """A new version (the caller holds the row lock from get_segment). An update starts a
     recompute of the new version; a deletion drops the members."""
+    await lock_segments(session)
     version = current.version + 1
     values: dict[str, Any] = {"version": version, "updated_at": sa.func.now(), "updated_by": by}
     if change == "deleted":
@@ -1083,20 +1084,29 @@ async def list_segment_versions(session: AsyncSession, segment_id: str) -> list[
     return [dict(r._mapping) for r in rows]
 
 
-# Key share: a segment change (FOR UPDATE) waits for the batches that evaluate its
-# current version, and every batch after it sees the change.
+# Batches evaluating segments hold this advisory lock shared, a segment change holds it
+# exclusively: the change waits for the batches that evaluate the current version, and
+# every batch after it (its read is a statement of its own, after the lock) sees the
+# change. An advisory lock, not FOR KEY SHARE on the segment rows: that wrote every
+# segment row (its lock) in every batch.
+SEGMENTS_LOCK = 0x636C6D5F73656773  # "clm_segs"
 _LIVE_SEGMENTS = (
     sa.select(segments.c.id, segments.c.version, segments.c.condition, segments.c.recompute)
     .where(_LIVE_SEGMENT)
     .order_by(segments.c.id)
-    .with_for_update(key_share=True, read=True)
 )
+
+
+async def lock_segments(session: AsyncSession) -> None:
+    """For a segment change: wait for the batches evaluating the current versions."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(SEGMENTS_LOCK)))
 
 
 async def live_segments(session: AsyncSession) -> list[tuple[str, int, str, str | None]]:
     """(id, version, condition, recomputed_upto): while the current version is being
     recomputed, the last customer id it has evaluated ("" before the first page); None
     once every customer has been."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(SEGMENTS_LOCK)))
     rows = await session.execute(_LIVE_SEGMENTS)
     out = []
     for r in rows:
@@ -1111,7 +1121,7 @@ async def segment_for_recompute(
 ) -> tuple[int, str, dict[str, Any] | None] | None:
     """The segment's version, condition and recompute progress, locked FOR NO KEY UPDATE:
     one recompute page at a time (another replica waits), a change (FOR UPDATE) waits,
-    consumed batches (key share) do not."""
+    consumed batches (which do not lock segment rows) do not."""
     row = (
         await session.execute(
             sa.select(segments.c.version, segments.c.condition, segments.c.recompute)
@@ -1221,30 +1231,54 @@ async def set_memberships(
 ) -> tuple[list[Stay], list[Stay]]:
     """Of the `evaluated` (segment, customer) pairs, exactly `members` are memberships
     (under the segment versions of `versions`): rows of the others are deleted, new ones
-    inserted (an existing one keeps its `since`). Returns the stays begun and ended."""
+    inserted (an existing one keeps its `since`). Returns the stays begun and ended.
+
+    One statement (batches at a steady rate are small, and each statement costs a round
+    trip) that touches only the rows that change: an upsert of every member would lock
+    each one even when nothing changes."""
     if not evaluated:
         return [], []
-    left = await session.execute(
-        _LEAVE,
+    wanted = set(members)
+    rows = await session.execute(
+        _SET_MEMBERS,
         {
-            "e_seg": [s for s, _ in evaluated],
-            "e_cust": [c for _, c in evaluated],
-            "m_seg": [s for s, _ in members],
-            "m_cust": [c for _, c in members],
+            "seg": [s for s, _ in evaluated],
+            "cust": [c for _, c in evaluated],
+            "member": [p in wanted for p in evaluated],
+            "ver": [versions[s] for s, _ in evaluated],
         },
     )
     entered: list[Stay] = []
-    if members:
-        rows = await session.execute(
-            _ENTER,
-            {
-                "m_seg": [s for s, _ in members],
-                "m_cust": [c for _, c in members],
-                "m_ver": [versions[s] for s, _ in members],
-            },
-        )
-        entered = [Stay(r.segment_id, r.customer_id, r.since) for r in rows if r.inserted]
-    return entered, [Stay(*r) for r in left]
+    left: list[Stay] = []
+    for r in rows:
+        (entered if r.entered else left).append(Stay(r.segment_id, r.customer_id, r.since))
+    return entered, left
+
+
+_SET_MEMBERS = sa.text("""
+    WITH e AS (
+      SELECT * FROM unnest(CAST(:seg AS text[]), CAST(:cust AS text[]),
+                           CAST(:member AS boolean[]), CAST(:ver AS int[]))
+        AS e(segment_id, customer_id, member, ver)
+    ), gone AS (
+      DELETE FROM campaigns.segment_members m USING e
+      WHERE NOT e.member AND m.segment_id = e.segment_id AND m.customer_id = e.customer_id
+      RETURNING m.segment_id, m.customer_id, m.since
+    ), came AS (
+      INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
+      SELECT e.segment_id, e.customer_id, e.ver FROM e
+      WHERE e.member AND NOT EXISTS (
+        SELECT 1 FROM campaigns.segment_members x
+        WHERE x.segment_id = e.segment_id AND x.customer_id = e.customer_id
+          AND x.segment_version = e.ver)
+      ORDER BY 1, 2
+      ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
+      RETURNING m.segment_id, m.customer_id, m.since, (xmax = 0) AS inserted
+    )
+    SELECT segment_id, customer_id, since, false AS entered FROM gone
+    UNION ALL
+    SELECT segment_id, customer_id, since, true FROM came WHERE inserted
+""")
 
 
 async def memberships_among(
@@ -1278,24 +1312,6 @@ class Stay(NamedTuple):
     segment_id: str
     customer_id: str
     since: datetime
-
-
-_LEAVE = sa.text("""
-    DELETE FROM campaigns.segment_members m
-    USING unnest(CAST(:e_seg AS text[]), CAST(:e_cust AS text[])) AS e(segment_id, customer_id)
-    WHERE m.segment_id = e.segment_id AND m.customer_id = e.customer_id
-      AND (m.segment_id, m.customer_id) NOT IN (
-        SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[])))
-    RETURNING m.segment_id, m.customer_id, m.since
-""")
-_ENTER = sa.text("""
-    INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
-    SELECT * FROM unnest(CAST(:m_seg AS text[]), CAST(:m_cust AS text[]), CAST(:m_ver AS int[]))
-    ORDER BY 1, 2
-    ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
-      WHERE m.segment_version <> EXCLUDED.segment_version
-    RETURNING m.segment_id, m.customer_id, m.since, (xmax = 0) AS inserted
-""")
 
 
 def _customer_filters(stage: str | None, rfm_segments: Sequence[str] | None) -> list[Any]:

@@ -2,8 +2,9 @@
 in its own transaction) and recomputed in the background when a segment is saved.
 
 Why the two agree with a full evaluation: a consumed batch locks its customers, then
-key-share locks the live segments (a segment change, FOR UPDATE, waits for it; every
-batch after the change sees the new version) and evaluates its customers against them.
+takes the segments' advisory lock shared and reads the live segments (a segment change
+takes it exclusively, so it waits for the batch, and every batch after the change sees
+the new version) and evaluates its customers against them.
 A recompute page locks its customers too (so it waits for the batches that hold them)
 and evaluates them under the lock against the segment's current version; a page of an
 outdated version stops. Whatever a customer's last writer was, it evaluated the
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class SegmentCache:
-    """Live segments, read (key-share locked) each batch and compiled once per version."""
+    """Live segments, read each batch (under the segments' lock) and compiled once per
+    version."""
 
     def __init__(self) -> None:
         self._compiled: dict[tuple[str, int], CompiledSegment] = {}
@@ -60,6 +62,16 @@ class SegmentCache:
         for key in [k for k in self._compiled if k not in live]:
             del self._compiled[key]
         return out, upto
+
+
+def _readers(live: list[CompiledSegment]) -> dict[str, list[CompiledSegment]]:
+    """Input ("stage", "traits.plan", or a whole map "traits") -> the segments reading it;
+    a change of "traits.plan" also concerns the readers of the whole "traits"."""
+    out: dict[str, list[CompiledSegment]] = {}
+    for seg in live:
+        for name in seg.inputs:
+            out.setdefault(name, []).append(seg)
+    return out
 
 
 @dataclass(frozen=True)
@@ -87,15 +99,20 @@ async def update_members(
     live, recomputing = await cache.live(session)
     if not live:
         return []
+    readers = _readers(live)
     evaluated, members = [], []
     for s in states:
         prior = None if before is None else before.get(s.customer_id)
-        changed = None if prior is None else prior.changed(s)
-        for seg in live:
-            if changed is None or seg.reads_any(changed):
-                evaluated.append((seg.id, s.customer_id))
-                if seg.matches(s):
-                    members.append((seg.id, s.customer_id))
+        if prior is None:
+            affected: Iterable[CompiledSegment] = live
+        else:
+            changed = prior.changed(s)
+            found = {seg.id: seg for c in changed for seg in readers.get(c, ())}
+            affected = found.values()
+        for seg in affected:
+            evaluated.append((seg.id, s.customer_id))
+            if seg.matches(s):
+                members.append((seg.id, s.customer_id))
     entered, left = await repository.set_memberships(
         session, evaluated, {seg.id: seg.version for seg in live}, members
     )

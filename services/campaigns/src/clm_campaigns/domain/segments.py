@@ -28,12 +28,6 @@ class CompiledSegment:
         object.__setattr__(self, "native", compile_native(self.condition.source))
         object.__setattr__(self, "inputs", _inputs(self.condition.reads))
 
-    def reads_any(self, changed: frozenset[str]) -> bool:
-        """Whether a change of these inputs ("stage", "traits.x", ...) can move anyone."""
-        if not self.inputs.isdisjoint(changed):
-            return True
-        return any(c.partition(".")[0] in self.inputs for c in changed)
-
     def matches(self, state: CustomerState) -> bool:
         if self.native is not None:
             return self.native(state) is True
@@ -84,6 +78,7 @@ class Inputs:
             ("scores", self.scores, state.scores),
         ):
             if old != new:
+                out.add(root)  # for the segments that read the whole map
                 out |= {f"{root}.{k}" for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
                 out |= {f"{root}.{k}" for k in old.keys() ^ new.keys()}  # a null added or gone
         return frozenset(out)
