@@ -298,13 +298,14 @@ class Campaigns:
         # Their segment membership, now and in this transaction (exactly once with it),
         # and the actions of triggers on entering or leaving a segment.
         changes = await segments.update_members(session, self.segments, states.values(), before)
+        on_segments = [t for t in compiled if isinstance(t.definition.on, OnSegment)]
         latest: dict[str, datetime] = {}
-        for e in (d.event for d in deliveries):
+        for e in (d.event for d in deliveries if on_segments and changes):
             latest[e.subject] = max(e.time, latest.get(e.subject, e.time))
-        for change in changes:
+        for change in changes if on_segments else ():
             occasion = segment_occasion(change, latest.get(change.stay.customer_id, now))
             state = states[change.stay.customer_id]
-            for trigger in compiled:
+            for trigger in on_segments:
                 if fires_on(trigger, occasion) and trigger.condition.matches(
                     condition_context(state, occasion, trigger.condition.reads)
                 ):
