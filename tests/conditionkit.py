@@ -89,26 +89,36 @@ _literal = st.one_of(
 _op = st.sampled_from(["==", "!=", "<", "<=", ">", ">="])
 
 
-@st.composite
-def _atom(draw: Any) -> str:
-    path = draw(st.sampled_from(PATHS))
-    if draw(st.integers(0, 5)) == 0:
-        items = draw(st.lists(_literal, max_size=3))
-        return f"{path} in [{', '.join(items)}]"
-    left, right = path, draw(_literal)
-    if draw(st.booleans()):
-        left, right = right, left
-    return f"{left} {draw(_op)} {right}"
+def _atoms(paths: list[str], literal: Any) -> Any:
+    """`path op literal` (either way round) or `path in [literals]`."""
+
+    @st.composite
+    def atom(draw: Any) -> str:
+        path = draw(st.sampled_from(paths))
+        if draw(st.integers(0, 5)) == 0:
+            return f"{path} in [{', '.join(draw(st.lists(literal, max_size=3)))}]"
+        left, right = path, draw(literal)
+        if draw(st.booleans()):
+            left, right = right, left
+        return f"{left} {draw(_op)} {right}"
+
+    return atom()
 
 
-conditions = st.recursive(
-    st.one_of(_atom(), st.sampled_from(["true", "false", "traits.vip"])),
-    lambda inner: st.one_of(
-        st.builds(lambda a, b: f"{a} && {b}", inner, inner),
-        st.builds(lambda a, b: f"({a} || {b})", inner, inner),
-        st.builds(lambda a: f"!({a})", inner),
-    ),
-    max_leaves=5,
+def _trees(leaves: Any, max_leaves: int) -> Any:
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.builds(lambda a, b: f"{a} && {b}", inner, inner),
+            st.builds(lambda a, b: f"({a} || {b})", inner, inner),
+            st.builds(lambda a: f"!({a})", inner),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+conditions = _trees(
+    st.one_of(_atoms(PATHS, _literal), st.sampled_from(["true", "false", "traits.vip"])), 5
 )
 
 
@@ -139,25 +149,7 @@ def cases(draw: Any) -> tuple[list[CustomerState], list[str]]:
         rows.append(state)
     literal = st.sampled_from([_cel(v) for v in values if not _beyond_doubles(v)] or ["0"])
 
-    @st.composite
-    def atom(draw: Any) -> str:
-        path = draw(st.sampled_from(paths))
-        if draw(st.integers(0, 5)) == 0:
-            return f"{path} in [{', '.join(draw(st.lists(literal, max_size=3)))}]"
-        left, right = path, draw(literal)
-        if draw(st.booleans()):
-            left, right = right, left
-        return f"{left} {draw(_op)} {right}"
-
-    tree = st.recursive(
-        st.one_of(atom(), st.sampled_from(["true", "false"])),
-        lambda inner: st.one_of(
-            st.builds(lambda a, b: f"{a} && {b}", inner, inner),
-            st.builds(lambda a, b: f"({a} || {b})", inner, inner),
-            st.builds(lambda a: f"!({a})", inner),
-        ),
-        max_leaves=4,
-    )
+    tree = _trees(st.one_of(_atoms(paths, literal), st.sampled_from(["true", "false"])), 4)
     return rows, draw(st.lists(tree, min_size=1, max_size=4))
 
 
