@@ -294,10 +294,11 @@ class Campaigns:
             )
             acted = await repository.entries(session, ids, [t.id for t in compiled])
         batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
-        await repository.save_customers(session, states.values())
         # Their segment membership, now and in this transaction (exactly once with it),
         # and the actions of triggers on entering or leaving a segment.
-        changes = await segments.update_members(session, self.segments, states.values(), before)
+        plan = await segments.evaluate(session, self.segments, states.values(), before)
+        await repository.save_customers(session, states.values())
+        changes = await segments.write(session, plan)
         on_segments = [t for t in compiled if isinstance(t.definition.on, OnSegment)]
         latest: dict[str, datetime] = {}
         for e in (d.event for d in deliveries if on_segments and changes):

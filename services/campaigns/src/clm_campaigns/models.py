@@ -56,6 +56,10 @@ customers = sa.Table(
     sa.Column("recent_purchases", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("stage_transition", sa.Text),  # the transition that set `stage`
     sa.Column("stage_entry", sa.Integer),  # ... and which entry into the stage it was
+    # The customer's memberships, segment id -> version (segment_members, kept with it):
+    # read with the customer, so a batch knows who it moves without reading them back.
+    # An entry of another version than the segment's current one is no membership.
+    sa.Column("segments", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 

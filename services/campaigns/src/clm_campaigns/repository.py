@@ -232,6 +232,7 @@ def _state(row: Any) -> CustomerState:
         recent_purchases=list(row.recent_purchases),
         stage_transition=row.stage_transition,
         stage_entry=row.stage_entry,
+        segments=dict(row.segments),
     )
 
 
@@ -303,6 +304,7 @@ async def save_customers(session: AsyncSession, states: Iterable[CustomerState])
             "recent_purchases": s.recent_purchases,
             "stage_transition": s.stage_transition,
             "stage_entry": s.stage_entry,
+            "segments": s.segments,
         }
         for s in states
     ]
@@ -315,7 +317,7 @@ async def save_customers(session: AsyncSession, states: Iterable[CustomerState])
 
 CUSTOMER_COLUMNS = (
     "customer_id", "stage", "stage_at", "traits", "facts", "scores", "scores_at",
-    "recent_purchases", "stage_transition", "stage_entry",
+    "recent_purchases", "stage_transition", "stage_entry", "segments",
 )  # fmt: skip
 
 
@@ -1193,14 +1195,16 @@ async def customers_page(
     reads: Iterable[str] | None = None,
     where: ColumnElement[bool] | None = None,
 ) -> list[CustomerState]:
-    """Customers by id after `after` (keyset); `lock` as a consumed batch locks them.
-    With `reads` (a condition's variables), only the columns those need: decoding JSONB
-    a condition does not read is most of the cost of a pass over every customer."""
+    """Customers by id after `after` (keyset); `lock` as a consumed batch locks them (and
+    with their memberships, which the recompute then changes). With `reads` (a
+    condition's variables), only the columns those need: decoding JSONB a condition does
+    not read is most of the cost of a pass over every customer."""
     wanted = set(_PAGE_COLUMNS) if reads is None else _columns_for(reads)
     stmt = (
         sa.select(
             customers.c.customer_id,
             *(customers.c[n] if n in wanted else sa.null() for n in _PAGE_COLUMNS[1:]),
+            customers.c.segments if lock else sa.null(),
         )
         .where(customers.c.customer_id > after, sa.true() if where is None else where)
         .order_by(customers.c.customer_id)
@@ -1211,7 +1215,10 @@ async def customers_page(
     rows = await session.execute(stmt)
     # Positional: the fastest way to build one (a page may be every customer).
     return [
-        CustomerState(c, st, None, t or {}, f or {}, sc or {}, None, []) for c, st, t, f, sc in rows
+        CustomerState(
+            r[0], r[1], None, r[2] or {}, r[3] or {}, r[4] or {}, None, [], None, None, r[5] or {}
+        )
+        for r in rows
     ]
 
 
@@ -1229,57 +1236,60 @@ def _columns_for(reads: Iterable[str]) -> set[str]:
     return {c for r in reads for c in _NEEDS.get(r, ())}
 
 
-async def set_memberships(
-    session: AsyncSession,
-    evaluated: Sequence[tuple[str, str]],
-    versions: dict[str, int],
-    members: Sequence[tuple[str, str]],
+async def write_memberships(
+    session: AsyncSession, enter: Sequence[tuple[str, str, int]], leave: Sequence[tuple[str, str]]
 ) -> tuple[list[Stay], list[Stay]]:
-    """Of the `evaluated` (segment, customer) pairs, exactly `members` are memberships
-    (under the segment versions of `versions`): rows of the others are deleted, new ones
-    inserted (an existing one keeps its `since`). Returns the stays begun and ended.
-
-    One statement (batches at a steady rate are small, and each statement costs a round
-    trip) that touches only the rows that change: an upsert of every member would lock
-    each one even when nothing changes."""
-    if not evaluated:
-        return [], []
-    wanted = set(members)
-    # One JSON text, not four arrays: the driver checks every element of an array it
-    # encodes, which cost more than PostgreSQL's parse of the same pairs as JSON.
-    pairs = json.dumps([[s, c, (s, c) in wanted, versions[s]] for s, c in evaluated])
-    rows = await session.execute(_SET_MEMBERS, {"pairs": pairs})
-    entered: list[Stay] = []
+    """Memberships begun ((segment, customer, version)) and ended ((segment, customer)):
+    only the changes, which the caller worked out from the customers' `segments` (and
+    writes there too). Returns the stays begun and ended."""
     left: list[Stay] = []
-    for r in rows:
-        (entered if r.entered else left).append(Stay(r.segment_id, r.customer_id, r.since))
+    if leave:
+        gone = await session.execute(
+            _LEAVE, {"seg": [s for s, _ in leave], "cust": [c for _, c in leave]}
+        )
+        left = [Stay(r.segment_id, r.customer_id, r.since) for r in gone]
+    entered: list[Stay] = []
+    if enter:
+        rows = await session.execute(
+            _ENTER,
+            {
+                "seg": [s for s, _, _ in enter],
+                "cust": [c for _, c, _ in enter],
+                "ver": [v for _, _, v in enter],
+            },
+        )
+        entered = [Stay(r.segment_id, r.customer_id, r.since) for r in rows if r.inserted]
     return entered, left
 
 
-_SET_MEMBERS = sa.text("""
-    WITH e AS (
-      SELECT p->>0 AS segment_id, p->>1 AS customer_id, (p->>2)::boolean AS member,
-             (p->>3)::int AS ver
-      FROM jsonb_array_elements(CAST(:pairs AS jsonb)) AS p
-    ), gone AS (
-      DELETE FROM campaigns.segment_members m USING e
-      WHERE NOT e.member AND m.segment_id = e.segment_id AND m.customer_id = e.customer_id
-      RETURNING m.segment_id, m.customer_id, m.since
-    ), came AS (
-      INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
-      SELECT e.segment_id, e.customer_id, e.ver FROM e
-      WHERE e.member AND NOT EXISTS (
-        SELECT 1 FROM campaigns.segment_members x
-        WHERE x.segment_id = e.segment_id AND x.customer_id = e.customer_id
-          AND x.segment_version = e.ver)
-      ORDER BY 1, 2
-      ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
-      RETURNING m.segment_id, m.customer_id, m.since, (xmax = 0) AS inserted
-    )
-    SELECT segment_id, customer_id, since, false AS entered FROM gone
-    UNION ALL
-    SELECT segment_id, customer_id, since, true FROM came WHERE inserted
+_PAIRS = "unnest(CAST(:seg AS text[]), CAST(:cust AS text[])) AS e(segment_id, customer_id)"
+_LEAVE = sa.text(f"""
+    DELETE FROM campaigns.segment_members m USING {_PAIRS}
+    WHERE m.segment_id = e.segment_id AND m.customer_id = e.customer_id
+    RETURNING m.segment_id, m.customer_id, m.since
 """)
+# A row already there (which the customer's `segments` should have said) is kept.
+_ENTER = sa.text("""
+    INSERT INTO campaigns.segment_members AS m (segment_id, customer_id, segment_version)
+    SELECT * FROM unnest(CAST(:seg AS text[]), CAST(:cust AS text[]), CAST(:ver AS int[]))
+    ORDER BY 1, 2
+    ON CONFLICT (segment_id, customer_id) DO UPDATE SET segment_version = EXCLUDED.segment_version
+    RETURNING m.segment_id, m.customer_id, m.since, (xmax = 0) AS inserted
+""")
+
+
+async def save_segment_maps(session: AsyncSession, states: Iterable[CustomerState]) -> None:
+    """The customers' `segments` alone (the recompute changes nothing else of theirs)."""
+    rows = [(s.customer_id, json.dumps(s.segments)) for s in states]
+    if rows:
+        await session.execute(
+            sa.text("""
+                UPDATE campaigns.customers c SET segments = CAST(v.segments AS jsonb)
+                FROM unnest(CAST(:ids AS text[]), CAST(:maps AS text[])) AS v(id, segments)
+                WHERE c.customer_id = v.id
+            """),
+            {"ids": [i for i, _ in rows], "maps": [m for _, m in rows]},
+        )
 
 
 async def memberships_among(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,48 +82,68 @@ class Change:
     entered: bool
 
 
-async def update_members(
+@dataclass
+class Plan:
+    """A batch's membership changes, worked out before its customers are saved (their
+    `segments` change with them) and written after (a membership needs its customer)."""
+
+    enter: list[tuple[str, str, int]] = field(default_factory=list)  # segment, customer, version
+    leave: list[tuple[str, str]] = field(default_factory=list)  # segment, customer
+    recomputing: dict[str, str] = field(default_factory=dict)
+
+
+async def evaluate(
     session: AsyncSession,
     cache: SegmentCache,
     states: Iterable[CustomerState],
     before: Mapping[str, Inputs] | None = None,
-) -> list[Change]:
-    """Re-evaluate these customers (their projection just saved, in this transaction)
-    against the live segments, write who entered and who left, and return the changes
-    that are occasions (see the module's docstring). With `before` (the customers'
-    inputs as loaded), a customer is evaluated only against the segments that read
-    something that changed: nothing else can move them."""
+) -> Plan:
+    """Re-evaluate these customers against the live segments and update their `segments`
+    (in place) to who they are now. With `before` (their inputs as loaded), a customer is
+    evaluated only against the segments that read something that changed: nothing else
+    can move them. An entry of an older version (the segment changed, its recompute has
+    not reached the customer) has its row still: evaluated, it is rewritten to the
+    current version or deleted; otherwise the recompute will."""
     states = list(states)
     if not states:
-        return []
+        return Plan()
     live, recomputing = await cache.live(session)
-    if not live:
-        return []
+    plan = Plan(recomputing=recomputing)
+    current = {seg.id: seg.version for seg in live}
     readers = _readers(live)
-    evaluated, members = [], []
     for s in states:
+        held = {i: v for i, v in s.segments.items() if i in current}  # deleted: rows gone
         prior = None if before is None else before.get(s.customer_id)
         if prior is None:
             affected: Iterable[CompiledSegment] = live
         else:
             changed = prior.changed(s)
-            found = {seg.id: seg for c in changed for seg in readers.get(c, ())}
-            affected = found.values()
+            affected = {seg.id: seg for c in changed for seg in readers.get(c, ())}.values()
         for seg in affected:
-            evaluated.append((seg.id, s.customer_id))
-            if seg.matches(s):
-                members.append((seg.id, s.customer_id))
-    entered, left = await repository.set_memberships(
-        session, evaluated, {seg.id: seg.version for seg in live}, members
-    )
+            now, entry = seg.matches(s), held.get(seg.id)
+            if now and entry != seg.version:  # a stale row is rewritten: no new entry
+                plan.enter.append((seg.id, s.customer_id, seg.version))
+                held[seg.id] = seg.version
+            elif not now and entry is not None:
+                plan.leave.append((seg.id, s.customer_id))
+                del held[seg.id]
+        s.segments = held
+    return plan
 
-    def committed(_session: Any) -> None:  # counted once durable
-        metrics.SEGMENT_CHANGES.labels("entered").inc(len(entered))
-        metrics.SEGMENT_CHANGES.labels("left").inc(len(left))
 
-    sa.event.listen(session.sync_session, "after_commit", committed, once=True)
+async def write(session: AsyncSession, plan: Plan) -> list[Change]:
+    """Write the plan's memberships (its customers saved already) and return the changes
+    that are occasions (see the module's docstring)."""
+    entered, left = await repository.write_memberships(session, plan.enter, plan.leave)
+    if entered or left:
+
+        def committed(_session: Any) -> None:  # counted once durable
+            metrics.SEGMENT_CHANGES.labels("entered").inc(len(entered))
+            metrics.SEGMENT_CHANGES.labels("left").inc(len(left))
+
+        sa.event.listen(session.sync_session, "after_commit", committed, once=True)
     changes = [Change(s, True) for s in entered] + [Change(s, False) for s in left]
-    for segment_id, upto in recomputing.items():
+    for segment_id, upto in plan.recomputing.items():
         # Compared by the database: the recompute's keyset order is its collation's.
         ids = {c.stay.customer_id for c in changes if c.stay.segment_id == segment_id}
         reached = await repository.ids_upto(session, ids, upto) if ids else set()
@@ -131,6 +151,19 @@ async def update_members(
             c for c in changes if c.stay.segment_id != segment_id or c.stay.customer_id in reached
         ]
     return changes
+
+
+async def update_members(
+    session: AsyncSession,
+    cache: SegmentCache,
+    states: Iterable[CustomerState],
+    before: Mapping[str, Inputs] | None = None,
+) -> list[Change]:
+    """evaluate and write for customers already saved (their `segments` saved too)."""
+    states = list(states)
+    plan = await evaluate(session, cache, states, before)
+    await repository.save_segment_maps(session, states)
+    return await write(session, plan)
 
 
 async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int = 5000) -> int:
@@ -226,13 +259,20 @@ class Recompute:
             states = await repository.customers_page(
                 session, progress["after"], self.page, lock=True, reads=segment.condition.reads
             )
-            members = [(segment_id, s.customer_id) for s in states if segment.matches(s)]
-            await repository.set_memberships(
-                session,
-                [(segment_id, s.customer_id) for s in states],
-                {segment_id: version},
-                members,
-            )
+            enter, leave, moved = [], [], []
+            for s in states:
+                now, held = segment.matches(s), s.segments.get(segment_id)
+                if now and held != version:
+                    enter.append((segment_id, s.customer_id, version))
+                    s.segments[segment_id] = version
+                elif not now and held is not None:  # of this version or an older one
+                    leave.append((segment_id, s.customer_id))
+                    del s.segments[segment_id]
+                else:
+                    continue
+                moved.append(s)
+            await repository.write_memberships(session, enter, leave)
+            await repository.save_segment_maps(session, moved)
             progress["done"] += len(states)
             if states:
                 progress["after"] = states[-1].customer_id

@@ -28,6 +28,7 @@ class CustomerState:
     recent_purchases: list[dict[str, Any]] = field(default_factory=list)
     stage_transition: str | None = None  # the transition that set `stage`
     stage_entry: int | None = None  # which entry into the stage that was
+    segments: dict[str, int] = field(default_factory=dict)  # segment id -> version
 
     @property
     def timezone(self) -> str | None:
