@@ -632,7 +632,9 @@ class Bench:
                         for state in states.values():
                             segment.matches(state)
                     evaluated += time.process_time() - began
-                    await segments.update_members(session, cache, states.values())
+                    plan = await segments.evaluate(session, cache, states.values())
+                    await repository.save_segment_maps(session, states.values())
+                    await segments.write(session, plan)
             self.results["eval_us"] = 1e6 * evaluated / len(ids)
         finally:
             await engine.dispose()

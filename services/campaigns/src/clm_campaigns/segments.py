@@ -91,6 +91,21 @@ class Plan:
     leave: list[tuple[str, str]] = field(default_factory=list)  # segment, customer
     recomputing: dict[str, str] = field(default_factory=dict)
 
+    def move(self, s: CustomerState, segment_id: str, version: int, now: bool) -> bool:
+        """Plan (and note in `s.segments`) what `now` (matching the segment's `version`)
+        changes for the customer; whether it changes anything. An entry of an older
+        version still has its row: it is rewritten (no new entry) or deleted."""
+        held = s.segments.get(segment_id)
+        if now and held != version:
+            self.enter.append((segment_id, s.customer_id, version))
+            s.segments[segment_id] = version
+        elif not now and held is not None:
+            self.leave.append((segment_id, s.customer_id))
+            del s.segments[segment_id]
+        else:
+            return False
+        return True
+
 
 async def evaluate(
     session: AsyncSession,
@@ -112,7 +127,8 @@ async def evaluate(
     current = {seg.id: seg.version for seg in live}
     readers = _readers(live)
     for s in states:
-        held = {i: v for i, v in s.segments.items() if i in current}  # deleted: rows gone
+        # Entries of deleted segments go (their rows went with the segment).
+        s.segments = {i: v for i, v in s.segments.items() if i in current}
         prior = None if before is None else before.get(s.customer_id)
         if prior is None:
             affected: Iterable[CompiledSegment] = live
@@ -120,14 +136,7 @@ async def evaluate(
             changed = prior.changed(s)
             affected = {seg.id: seg for c in changed for seg in readers.get(c, ())}.values()
         for seg in affected:
-            now, entry = seg.matches(s), held.get(seg.id)
-            if now and entry != seg.version:  # a stale row is rewritten: no new entry
-                plan.enter.append((seg.id, s.customer_id, seg.version))
-                held[seg.id] = seg.version
-            elif not now and entry is not None:
-                plan.leave.append((seg.id, s.customer_id))
-                del held[seg.id]
-        s.segments = held
+            plan.move(s, seg.id, seg.version, seg.matches(s))
     return plan
 
 
@@ -151,19 +160,6 @@ async def write(session: AsyncSession, plan: Plan) -> list[Change]:
             c for c in changes if c.stay.segment_id != segment_id or c.stay.customer_id in reached
         ]
     return changes
-
-
-async def update_members(
-    session: AsyncSession,
-    cache: SegmentCache,
-    states: Iterable[CustomerState],
-    before: Mapping[str, Inputs] | None = None,
-) -> list[Change]:
-    """evaluate and write for customers already saved (their `segments` saved too)."""
-    states = list(states)
-    plan = await evaluate(session, cache, states, before)
-    await repository.save_segment_maps(session, states)
-    return await write(session, plan)
 
 
 async def estimate(session: AsyncSession, segment: CompiledSegment, *, page: int = 5000) -> int:
@@ -259,19 +255,9 @@ class Recompute:
             states = await repository.customers_page(
                 session, progress["after"], self.page, lock=True, reads=segment.condition.reads
             )
-            enter, leave, moved = [], [], []
-            for s in states:
-                now, held = segment.matches(s), s.segments.get(segment_id)
-                if now and held != version:
-                    enter.append((segment_id, s.customer_id, version))
-                    s.segments[segment_id] = version
-                elif not now and held is not None:  # of this version or an older one
-                    leave.append((segment_id, s.customer_id))
-                    del s.segments[segment_id]
-                else:
-                    continue
-                moved.append(s)
-            await repository.write_memberships(session, enter, leave)
+            plan = Plan()
+            moved = [s for s in states if plan.move(s, segment_id, version, segment.matches(s))]
+            await repository.write_memberships(session, plan.enter, plan.leave)
             await repository.save_segment_maps(session, moved)
             progress["done"] += len(states)
             if states:
