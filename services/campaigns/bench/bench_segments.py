@@ -496,6 +496,7 @@ class Bench:
         messages: list[Any],
         *,
         backlog: bool = False,
+        profile: str = "",
     ) -> dict[str, float]:
         """Offer the messages at --rate (or, with `backlog`, all of them while the service
         is stopped, so it then reads full batches) and wait until the service applied them
@@ -504,6 +505,7 @@ class Bench:
         before = await self.processed(conn)
         m0 = (await http.get("/metrics")).text
         cpu, pg_cpu = cpu_seconds(self.service.pid), postgres_cpu(self.pg.data_dir)
+        spy = self.profiler(profile)
         if backlog:
             # SIGSTOP for the second or two producing takes, well within the group's
             # session timeout: no rebalance.
@@ -522,6 +524,9 @@ class Bench:
                 raise RuntimeError("the service did not apply the stream in time")
             await asyncio.sleep(0.2)
         wall = time.perf_counter() - started
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait()
         cpu = cpu_seconds(self.service.pid) - cpu
         pg_cpu = postgres_cpu(self.pg.data_dir) - pg_cpu
         m1 = (await http.get("/metrics")).text
@@ -540,6 +545,24 @@ class Bench:
             "batch_size": delta("clm_consumer_batch_size_messages_sum") / max(1.0, batches),
             "changes": delta("clm_campaigns_segment_changes_total"),
         }
+
+    def profiler(self, name: str) -> subprocess.Popen[bytes] | None:
+        """With --profile DIR, py-spy samples the service while a stream is measured:
+        DIR/<name>.txt holds collapsed stacks (flamegraph.pl or speedscope read them)."""
+        if not (self.args.profile and name):
+            return None
+        assert self.service is not None
+        Path(self.args.profile).mkdir(parents=True, exist_ok=True)
+        out = Path(self.args.profile) / f"{name}.txt"
+        cmd = [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(self.service.pid),
+            "--format",
+            "raw",
+        ]
+        return subprocess.Popen([*cmd, "--rate", "200", "--nonblocking", "-o", str(out)])
 
     async def estimate(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
         assert self.service is not None
@@ -661,9 +684,11 @@ class Bench:
             # Warm-up: the consumer group joins and connections open.
             await self.send(conn, http, encode(warm, 0, "warm0", self.topics))
             print("baseline stream (no segment) ...")
-            self.results["baseline"] = await self.send(conn, http, baseline[:half])
+            self.results["baseline"] = await self.send(
+                conn, http, baseline[:half], profile="baseline"
+            )
             self.results["baseline_backlog"] = await self.send(
-                conn, http, baseline[half:], backlog=True
+                conn, http, baseline[half:], backlog=True, profile="baseline_backlog"
             )
             print(f"  {self.results['baseline']}\n  {self.results['baseline_backlog']}")
             print("estimates ...")
@@ -689,9 +714,11 @@ class Bench:
             # Warm-up again: the service compiles the segments once per version.
             await self.send(conn, http, encode(warm, 1, "warm1", self.topics))
             print(f"the same stream with {args.segments} segments ...")
-            self.results["segments"] = await self.send(conn, http, with_segments[:half])
+            self.results["segments"] = await self.send(
+                conn, http, with_segments[:half], profile="segments"
+            )
             self.results["segments_backlog"] = await self.send(
-                conn, http, with_segments[half:], backlog=True
+                conn, http, with_segments[half:], backlog=True, profile="segments_backlog"
             )
             print(f"  {self.results['segments']}\n  {self.results['segments_backlog']}")
         await conn.close()
@@ -718,6 +745,22 @@ async def fill(dsn: str, customers: int) -> float:
         await conn.close()
 
 
+# Membership maintenance in the consumer: the frames a profile's samples count as its own.
+MEMBERSHIP_FRAMES = ("evaluate (clm_campaigns/segments.py", "write (clm_campaigns/segments.py")
+
+
+def membership_share(path: Path) -> float:
+    """The share of a py-spy raw profile's samples spent in membership maintenance:
+    steadier than a CPU ratio of two runs, which the machine's other work moves."""
+    total = inside = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        if any(frame in stack for frame in MEMBERSHIP_FRAMES):
+            inside += int(count)
+    return inside / max(1, total)
+
+
 def report(args: argparse.Namespace, r: dict[str, Any], filled: float) -> None:
     k, n = args.segments, args.customers
     rows = [("what", "figure", "goal")]
@@ -741,6 +784,15 @@ def report(args: argparse.Namespace, r: dict[str, Any], filled: float) -> None:
              f"{base['wall_s']:.1f} / {segs['wall_s']:.1f} s", ""),
             ("  membership changes (entered + left)", f"{segs['changes']:,.0f}", ""),
         ]  # fmt: skip
+        if args.profile:
+            share = membership_share(Path(args.profile) / f"segments{key}.txt")
+            rows.append(
+                (
+                    "  profiled: membership's share of the service's samples, per event",
+                    f"{100 * share:.1f}% = {1000 * share * segs['cpu_ms']:.0f} µs",
+                    "",
+                )
+            )
     rows.append(
         (f"CEL evaluation of the {k} segments, per customer", f"{r['eval_us']:,.0f} µs", "")
     )
@@ -816,4 +868,5 @@ if __name__ == "__main__":
         "--events", type=int, default=40_000, help="events per stream (half paced, half backlog)"
     )
     parser.add_argument("--rate", type=float, default=500.0, help="events/s offered")
+    parser.add_argument("--profile", default="", help="directory for py-spy profiles")
     main(parser.parse_args())

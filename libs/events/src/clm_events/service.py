@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -292,6 +293,11 @@ def create_app(runtime: Runtime, *, title: str, routers: Sequence[APIRouter] = (
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        # What imports and startup built lives as long as the process. Frozen, the cyclic
+        # collector's full passes skip it: unfrozen, each pass walked it in about 0.1 s,
+        # every second or so under load (profiled: over 10% of a busy service's CPU).
+        gc.collect()
+        gc.freeze()
         log.info("started", extra={"port": runtime.settings.port})
         try:
             yield
