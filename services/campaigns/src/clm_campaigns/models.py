@@ -61,6 +61,10 @@ customers = sa.Table(
     # An entry of another version than the segment's current one is no membership.
     sa.Column("segments", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    # The console's search by email; the members lists filtered by stage and RFM segment.
+    sa.Index("customers_email", sa.text("lower(traits->>'email')")),
+    sa.Index("ix_customers_stage", "stage", "customer_id"),
+    sa.Index("ix_customers_rfm_segment", sa.text("(scores->>'rfm_segment')"), "customer_id"),
 )
 
 # One row per trigger match: sent, to be sent, suppressed or held out.
