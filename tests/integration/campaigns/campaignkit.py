@@ -221,6 +221,15 @@ async def isolate(engine: AsyncEngine) -> None:
                 "WHERE status IN ('pending', 'sending')"
             )
         )
+        # Nor their journeys enter anyone, nor their runs move on, nor their clock lead.
+        await conn.execute(sa.text("UPDATE campaigns.journeys SET enabled = false"))
+        await conn.execute(
+            sa.text(
+                "UPDATE campaigns.journey_runs SET status = 'exited', due_at = NULL, "
+                "exit_reason = 'test isolation' WHERE status IN ('active', 'waiting')"
+            )
+        )
+        await conn.execute(sa.text("DELETE FROM campaigns.clock"))
         # Earlier tests' segments must not be kept live (nor recomputed) meanwhile.
         await conn.execute(sa.text("DELETE FROM campaigns.segment_members"))
         await conn.execute(

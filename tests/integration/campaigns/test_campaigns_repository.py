@@ -37,6 +37,7 @@ def _action(customer: str, status: str, **changes: Any) -> dict[str, Any]:
         "converted_at": None,
         "entry_key": "active#1",
         "occasion": {"id": "e1", "data": {"amount": "ü"}},
+        "transactional": False,
         **changes,
     }
 

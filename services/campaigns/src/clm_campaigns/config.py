@@ -1,7 +1,14 @@
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from clm_events.service import ServiceSettings
+
+
+class ChannelCap(BaseModel):
+    max: int = Field(ge=1)
+    period_seconds: int = Field(ge=1)
 
 
 class Settings(ServiceSettings):
@@ -10,10 +17,22 @@ class Settings(ServiceSettings):
     port: int = 8004
     group_id: str = "clm-campaigns"
 
-    # Global contact cap: at most this many actions per customer per period, all triggers.
+    # Global contact cap: at most this many marketing messages per customer and channel per
+    # period, over every trigger and journey (transactional ones are exempt and not counted).
     global_cap_max: int = Field(5, ge=1)
     global_cap_period_seconds: int = Field(86_400, ge=1)
+    global_cap_channels: dict[Literal["webhook", "email", "kafka"], ChannelCap] = Field(
+        default_factory=dict,
+        description='A channel\'s own cap, e.g. {"email": {"max": 3, "period_seconds": 604800}}.',
+    )
     default_timezone: str = Field("UTC", description="For quiet hours of customers without one.")
+
+    # Clock control: POST /v1/clock moves this service's time forward (tests, demos).
+    clock_control: bool = Field(False, description="Never in production.")
+
+    # Journeys.
+    journey_page_size: int = Field(500, ge=1, description="Runs advanced per transaction.")
+    journey_poll_interval: float = Field(0.5, gt=0)
 
     # Segments.
     segment_size_interval_seconds: int = Field(

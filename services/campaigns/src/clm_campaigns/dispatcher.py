@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_campaigns import metrics, repository
 from clm_campaigns.channels import EmailSender, Outcome, WebhookSender
+from clm_campaigns.clock import Clock
 from clm_campaigns.config import Settings
 from clm_campaigns.domain.evaluate import (
     needs_state,
@@ -39,6 +40,7 @@ from clm_campaigns.domain.triggers import (
     compile_trigger,
 )
 from clm_campaigns.handlers import Fired, actions_fired
+from clm_campaigns.journeys import JourneyCache
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Claimed
 from clm_events.outbox import add_message
@@ -57,8 +59,12 @@ class Dispatcher:
         actions_topic: str,
         tombstones: Tombstones,
         on_outbox: Any = None,
+        clock: Clock | None = None,
+        journeys: JourneyCache | None = None,
     ) -> None:
         self._sessions = sessions
+        self._clock = clock or Clock()
+        self._journeys = journeys or JourneyCache()
         self._tombstones = tombstones
         self._s = settings
         self._actions_topic = actions_topic
@@ -125,7 +131,9 @@ class Dispatcher:
             # First: an erasure in progress commits before this claim reads its actions
             # (they are suppressed then), or waits until this claim has committed.
             await self._tombstones.guard(session)
-            claimed = await repository.claim_due(session, limit=limit, lease=lease)
+            claimed = await repository.claim_due(
+                session, limit=limit, lease=lease, now=self._clock.now()
+            )
             stopped = await self._recheck(session, claimed)
             claimed = [c for c in claimed if c.id not in stopped]
             kafka = [c for c in claimed if c.channel == "kafka"]
@@ -147,9 +155,10 @@ class Dispatcher:
         if not claimed:
             return {}
         found = await repository.trigger_versions_of(
-            session, ((c.trigger_id, c.trigger_version) for c in claimed)
+            session, ((c.trigger_id, c.trigger_version) for c in claimed if "/" not in c.trigger_id)
         )
         triggers = {key: (self._compiled(key, d), on) for key, (d, on) in found.items()}
+        triggers.update(await self._journey_sends(session, claimed))
         readers = [c for c in claimed if _key(c) in triggers and needs_state(triggers[_key(c)][0])]
         states = await repository.load_customers(
             session, sorted({c.customer_id for c in readers}), lock=False
@@ -185,6 +194,27 @@ class Dispatcher:
             _count(gone, datetime.now(UTC))
         return stopped
 
+    async def _journey_sends(
+        self, session: AsyncSession, claimed: list[Claimed]
+    ) -> dict[tuple[str, int], tuple[CompiledTrigger, bool]]:
+        """A journey's send steps (trigger id `<journey>/<step>`) as the one-step triggers
+        they are, from the version the action is of; enabled while the journey is."""
+        keys = {
+            (c.trigger_id.partition("/")[0], c.trigger_version)
+            for c in claimed
+            if "/" in c.trigger_id
+        }
+        if not keys:
+            return {}
+        found = await self._journeys.versions(session, keys)
+        out: dict[tuple[str, int], tuple[CompiledTrigger, bool]] = {}
+        for c in claimed:
+            journey_id, _, step_id = c.trigger_id.partition("/")
+            hit = found.get((journey_id, c.trigger_version))
+            if step_id and hit is not None and step_id in hit[0].sends:
+                out[_key(c)] = (hit[0].sends[step_id], hit[1])
+        return out
+
     def _compiled(self, key: tuple[str, int], definition: dict[str, Any]) -> CompiledTrigger:
         compiled = self._triggers.get(key)
         if compiled is None:
@@ -194,7 +224,7 @@ class Dispatcher:
 
     async def _publish(self, session: AsyncSession, claimed: list[Claimed]) -> None:
         """Kafka actions: the message goes into the outbox in the claiming transaction."""
-        now = datetime.now(UTC)
+        now = self._clock.now()
         for c in claimed:
             await add_message(
                 session,
@@ -268,7 +298,7 @@ class Dispatcher:
 
     async def record(self, results: list[tuple[Claimed, Outcome]]) -> None:
         """Record outcomes: delivered, scheduled again with backoff, or failed for good."""
-        now = datetime.now(UTC)
+        now = self._clock.now()
         rows: list[dict[str, Any]] = []
         final: list[tuple[Claimed, str]] = []
         for c, outcome in results:

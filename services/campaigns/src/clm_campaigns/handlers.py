@@ -8,13 +8,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clm_campaigns import metrics, repository, segments
+from clm_campaigns.clock import Clock
 from clm_campaigns.domain import projection
 from clm_campaigns.domain.evaluate import (
     SEGMENT_OCCASIONS,
@@ -23,6 +24,7 @@ from clm_campaigns.domain.evaluate import (
     render,
     template_context,
 )
+from clm_campaigns.domain.journeys import CompiledJourney
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
 from clm_campaigns.domain.projection import CustomerState, Occasion
 from clm_campaigns.domain.segments import Inputs
@@ -35,6 +37,7 @@ from clm_campaigns.domain.triggers import (
     TriggerDefinition,
     compile_trigger,
 )
+from clm_campaigns.journeys import JourneyCache, on_events, start
 from clm_campaigns.models import outbox
 from clm_campaigns.repository import Entry, Stay
 from clm_campaigns.segments import Change
@@ -204,7 +207,9 @@ def _merge_batch(
             if retracted(r["trigger_id"], r["entry_key"], r["status"]):
                 r.update(status="suppressed", suppressed_reason="retracted")
                 # No longer a contact (_action counted it as one while it was pending).
-                sent = PastContact(r["trigger_id"], r["created_at"])
+                sent = PastContact(
+                    r["trigger_id"], r["created_at"], r["channel"], r["transactional"]
+                )
                 if sent in past:
                     past.remove(sent)
     contacts.setdefault(known, []).extend(past)
@@ -258,6 +263,7 @@ class Batch:
     purchases: list[tuple[str, datetime]] = field(default_factory=list)
     retracted: list[str] = field(default_factory=list)  # causes it retracted, in order
     merged: list[str] = field(default_factory=list)  # anonymous ids merged into customers
+    occasions: list[tuple[CustomerState, Occasion]] = field(default_factory=list)  # journeys
 
 
 @dataclass
@@ -270,9 +276,12 @@ class Campaigns:
     default_timezone: str
     on_commit: Callable[[], None] | None = None
     segments: segments.SegmentCache = field(default_factory=segments.SegmentCache)
+    journeys: JourneyCache = field(default_factory=JourneyCache)
+    clock: Clock = field(default_factory=Clock)
+    on_journeys: Callable[[], None] | None = None  # wakes the journey runner
 
     async def __call__(self, session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
-        now = datetime.now(UTC)
+        now = self.clock.now()
         compiled = await self.triggers.enabled(session)
         ids = sorted({d.event.subject for d in deliveries})
         merges = _merges(deliveries)
@@ -289,9 +298,7 @@ class Campaigns:
         contacts: dict[str, list[PastContact]] = {}
         acted: dict[str, list[Entry]] = {}
         if compiled:
-            contacts = await repository.recent_contacts(
-                session, ids, now - self._lookback(compiled)
-            )
+            contacts = await repository.recent_contacts(session, ids, now - self.lookback(compiled))
             acted = await repository.entries(session, ids, [t.id for t in compiled])
         batch = self.decide([d.event for d in deliveries], states, compiled, contacts, acted, now)
         # Their segment membership, now and in this transaction (exactly once with it),
@@ -300,12 +307,14 @@ class Campaigns:
         await repository.save_customers(session, states.values())
         changes = await segments.write(session, plan)
         on_segments = [t for t in compiled if isinstance(t.definition.on, OnSegment)]
+        journeyed = await self.journeys.enabled(session)
         latest: dict[str, datetime] = {}
-        for e in (d.event for d in deliveries if on_segments and changes):
+        for e in (d.event for d in deliveries if (on_segments or journeyed) and changes):
             latest[e.subject] = max(e.time, latest.get(e.subject, e.time))
-        for change in changes if on_segments else ():
+        for change in changes if (on_segments or journeyed) else ():
             occasion = segment_occasion(change, latest.get(change.stay.customer_id, now))
             state = states[change.stay.customer_id]
+            batch.occasions.append((state, occasion))
             for trigger in on_segments:
                 if fires_on(trigger, occasion) and trigger.condition.matches(
                     condition_context(state, occasion, trigger.condition.reads)
@@ -323,7 +332,81 @@ class Campaigns:
             + [Fired(g.id, g.customer_id, g.trigger_id, g.channel, "suppressed") for g in gone],
         )
         await repository.record_conversions(session, batch.purchases)
+        if journeyed:
+            # An anonymous id merged away in this batch has no row to start a run on.
+            batch.occasions = [(s, o) for s, o in batch.occasions if s.customer_id in states]
+            await self._journeys(session, journeyed, batch, [d.event for d in deliveries], now)
         self._after_commit(session, batch.rows, retracted=len(gone), merged=len(batch.merged))
+
+    async def _journeys(
+        self,
+        session: AsyncSession,
+        enabled: list[CompiledJourney],
+        batch: Batch,
+        events: list[Event],
+        now: datetime,
+    ) -> None:
+        """The batch's occasions start runs (its customers are saved: a run needs its
+        customer); its events end or wake runs under way, and convert them."""
+        ids = sorted({s.customer_id for s, _ in batch.occasions})
+        earlier = await repository.journey_entries(session, ids, [j.id for j in enabled])
+        started = start(enabled, batch.occasions, earlier, now)
+        new = await repository.insert_runs(session, started.runs)
+        await repository.save_decisions(session, started.decisions)
+        watched = {t.value for j in enabled for t in [*j.definition.exit.events, *j.waits_for]}
+        woken: list[repository.Run] = []
+        if any(e.type in watched for e in events):
+            subjects = sorted({e.subject for e in events if e.type in watched})
+            runs = await repository.open_runs(session, subjects, [j.id for j in enabled])
+            found = await self.journeys.versions(
+                session, {(r.journey_id, r.journey_version) for r in runs}
+            )
+            woken = on_events(runs, found, events, now)
+            await repository.save_runs(session, woken)
+        await repository.record_journey_conversions(
+            session,
+            [
+                (j.id, e.subject, e.time, j.definition.conversion_window_seconds)
+                for e in events
+                for j in enabled
+                if e.type == j.definition.conversion_event
+            ],
+        )
+        wake = self.on_journeys
+        if wake is not None and (new or woken):
+            sa.event.listen(session.sync_session, "after_commit", lambda _s: wake(), once=True)
+
+    def journey_action(
+        self,
+        trigger: CompiledTrigger,
+        state: CustomerState,
+        occasion: Occasion,
+        run: repository.Run,
+        now: datetime,
+        contacts: dict[str, list[PastContact]],
+    ) -> dict[str, Any]:
+        """A journey's send step, as a trigger's action (caps, quiet hours, template), for
+        the run's entry: its cause is the run's (a retracted entry suppresses it)."""
+        row = self._action(trigger, state, occasion, contacts, {}, now)
+        row.update(
+            entry_key=f"run:{run.id}", cause_event=run.cause_event, cause_time=run.cause_time
+        )
+        return row
+
+    async def announce(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Actions recorded already final (suppressed, held out, failed) are announced."""
+        await actions_fired(
+            session,
+            self.actions_topic,
+            [
+                Fired(r["id"], r["customer_id"], r["trigger_id"], r["channel"], r["status"])
+                for r in rows
+                if r["status"] != "pending"
+            ],
+        )
+
+    def after_commit(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        self._after_commit(session, rows)
 
     def decide(
         self,
@@ -366,6 +449,7 @@ class Campaigns:
                     condition_context(state, occasion, trigger.condition.reads)
                 ):
                     batch.rows.append(self._action(trigger, state, occasion, contacts, acted, now))
+            batch.occasions.append((state, occasion))
         return batch
 
     async def enroll(
@@ -378,7 +462,7 @@ class Campaigns:
         One page of customers by id; returns the actions and where the next page starts
         (None: done)."""
         on = trigger.definition.on
-        now = datetime.now(UTC)
+        now = self.clock.now()
         found: list[tuple[CustomerState, Occasion]]
         if isinstance(on, OnSegment):  # its members, each stay an entry
             members = await repository.customers_in_segment(session, on.segment_id, after, limit)
@@ -391,7 +475,7 @@ class Campaigns:
             in_stage = await repository.customers_in_stage(session, on.to_stage.value, after, limit)
             found = [(s, _enrolled_in_stage(trigger, s, now)) for s in in_stage]
         ids = [s.customer_id for s, _ in found]
-        contacts = await repository.recent_contacts(session, ids, now - self._lookback([trigger]))
+        contacts = await repository.recent_contacts(session, ids, now - self.lookback([trigger]))
         acted = await repository.entries(session, ids, [trigger.id])
         rows = []
         for state, occasion in found:
@@ -412,10 +496,10 @@ class Campaigns:
         self._after_commit(session, rows)
         return rows, (ids[-1] if len(ids) == limit else None)
 
-    def _lookback(self, compiled: list[CompiledTrigger]) -> timedelta:
+    def lookback(self, compiled: list[CompiledTrigger]) -> timedelta:
         longest = max(
             [
-                self.global_cap.period.total_seconds(),
+                self.global_cap.longest.total_seconds(),
                 *(t.definition.cooldown_seconds for t in compiled),
                 *(
                     t.definition.frequency_cap.period_seconds
@@ -461,6 +545,7 @@ class Campaigns:
             "entry_key": entry,
             # Kept for the send-time re-check when the condition reads the event.
             "occasion": occasion.as_context() if "event" in trigger.condition.reads else None,
+            "transactional": definition.transactional,
         }
         mine = acted.setdefault(state.customer_id, [])
         settled = settled_history_reason(trigger.id, definition, occasion, entry, mine, now)
@@ -500,7 +585,10 @@ class Campaigns:
                 row.update(status="failed", last_error=str(exc))
             return row
         row.update(target=rendered.target, payload=rendered.payload)
-        contacts[state.customer_id].append(PastContact(trigger.id, now))  # later matches see it
+        # Later matches see it.
+        contacts[state.customer_id].append(
+            PastContact(trigger.id, now, trigger.channel, definition.transactional)
+        )
         mine.append(Entry(trigger.id, entry, occasion.time, cause, "pending"))
         return row
 

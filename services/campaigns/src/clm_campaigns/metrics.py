@@ -54,3 +54,19 @@ SEGMENT_CHANGES = Counter(
     "Customers who entered or left a segment on the live path (consumed batches).",
     ["change"],
 )
+JOURNEY_STEPS = Counter(
+    "clm_campaigns_journey_steps_total",
+    "Journey steps run, by journey and outcome (sent, waited, event, timeout, then, else, "
+    "arm, exit, or the reason a send step was suppressed).",
+    ["journey", "outcome"],
+)
+JOURNEY_RUNS = Counter(
+    "clm_campaigns_journey_runs_total",
+    "Journey runs started and finished, by journey and how (entered, completed, exited).",
+    ["journey", "how"],
+)
+JOURNEY_LATENESS = Histogram(
+    "clm_campaigns_journey_step_lateness_seconds",
+    "How long after its due time a waiting run's step ran (a downtime shows here).",
+    buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 6 * 3600, 86_400),
+)

@@ -99,6 +99,8 @@ actions = sa.Table(
     # The causing event as conditions see it, kept when the condition reads `event`, so
     # the send-time re-check evaluates the same expression.
     sa.Column("occasion", JSONB),
+    # Receipts and the like: exempt from the global cap (and not counted by it).
+    sa.Column("transactional", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_actions_customer", "customer_id", "created_at"),
     sa.Index("ix_actions_cause", "cause_event"),
     sa.Index("ix_actions_trigger", "trigger_id", "status"),
@@ -175,4 +177,114 @@ segment_sizes = sa.Table(
     ),
     sa.Column("at", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("members", sa.BigInteger, nullable=False),
+)
+
+# A journey: a multi-step campaign (domain/journeys.py). Versioned like triggers.
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_by", sa.Text, nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+)
+
+journey_versions = sa.Table(
+    "journey_versions",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("change", sa.Text, nullable=False),  # created, updated, enabled, disabled, deleted
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("changed_by", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# A customer's run through a journey: one row per entry, on the version it entered with.
+# `step_id` is where the run is; while `active` or `waiting` it runs (again) at `due_at`,
+# which the journey runner claims with SKIP LOCKED.
+journey_runs = sa.Table(
+    "journey_runs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("journey_id", sa.Text, nullable=False),
+    sa.Column("journey_version", sa.Integer, nullable=False),
+    sa.Column(
+        "customer_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.customers.customer_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("entry_key", sa.Text, nullable=False),  # which entry (re-entry control)
+    sa.Column("status", sa.Text, nullable=False),  # active, waiting, completed, exited
+    sa.Column("step_id", sa.Text),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("wait_event", sa.Text),  # a wait_for step's event type, while waiting for it
+    sa.Column("event_at", sa.DateTime(timezone=True)),  # ... and when it came
+    sa.Column("arm", sa.Text),  # the arm of the last split it passed
+    sa.Column("cause_event", sa.Text, nullable=False),
+    sa.Column("cause_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("occasion", JSONB),  # the entry's event, as templates see it
+    sa.Column("entered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("exit_reason", sa.Text),
+    sa.Column("converted_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("journey_id", "customer_id", "entry_key"),
+    sa.Index(
+        "ix_journey_runs_due",
+        "due_at",
+        postgresql_where=sa.text("status IN ('active', 'waiting')"),
+    ),
+    sa.Index("ix_journey_runs_customer", "customer_id", "journey_id"),
+)
+
+# Each step a run went through, once (the key): what the funnel counts.
+journey_steps = sa.Table(
+    "journey_steps",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.journey_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("step_id", sa.Text, primary_key=True),
+    sa.Column("journey_id", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("late_seconds", sa.Float, nullable=False),  # after its due time (a downtime)
+    sa.Column("outcome", sa.Text, nullable=False),  # sent, suppressed, then, else, arm, ...
+    sa.Column("arm", sa.Text),  # the run's split arm so far
+    sa.Column("action_id", sa.Text),
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),  # the order they ran in
+    sa.Index("ix_journey_steps_journey", "journey_id", "step_id"),
+)
+
+# Why a customer did not enter a journey, the last time an occasion could have entered them.
+journey_decisions = sa.Table(
+    "journey_decisions",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column(
+        "customer_id",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.customers.customer_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", JSONB, nullable=False),
+)
+
+# The service's clock offset, when clock control is enabled (tests, demos): time moved
+# forward for every replica, kept across restarts.
+clock = sa.Table(
+    "clock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("offset_seconds", sa.Float, nullable=False),
 )

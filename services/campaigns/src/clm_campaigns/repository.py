@@ -17,7 +17,13 @@ from clm_campaigns.domain.policy import PastContact
 from clm_campaigns.domain.projection import CustomerState
 from clm_campaigns.models import (
     actions,
+    clock,
     customers,
+    journey_decisions,
+    journey_runs,
+    journey_steps,
+    journey_versions,
+    journeys,
     segment_members,
     segment_sizes,
     segment_versions,
@@ -88,15 +94,22 @@ class TriggerRow:
     updated_by: str
 
 
-_TRIGGER_COLUMNS = (
-    triggers.c.id,
-    triggers.c.version,
-    triggers.c.enabled,
-    triggers.c.definition,
-    triggers.c.created_at,
-    triggers.c.updated_at,
-    triggers.c.updated_by,
-)
+@dataclass(frozen=True)
+class Versioned:
+    """A table of definitions kept with their history: triggers, journeys."""
+
+    table: sa.Table
+    versions: sa.Table
+    key: str  # the history's column naming the definition
+
+    @property
+    def columns(self) -> tuple[sa.Column[Any], ...]:
+        t = self.table.c
+        return (t.id, t.version, t.enabled, t.definition, t.created_at, t.updated_at, t.updated_by)
+
+
+TRIGGERS = Versioned(triggers, trigger_versions, "trigger_id")
+JOURNEYS = Versioned(journeys, journey_versions, "journey_id")
 
 
 def _trigger(row: Any) -> TriggerRow:
@@ -104,41 +117,51 @@ def _trigger(row: Any) -> TriggerRow:
 
 
 async def insert_trigger(
-    session: AsyncSession, *, trigger_id: str, definition: dict[str, Any], enabled: bool, by: str
+    session: AsyncSession,
+    *,
+    trigger_id: str,
+    definition: dict[str, Any],
+    enabled: bool,
+    by: str,
+    kind: Versioned = TRIGGERS,
 ) -> TriggerRow:
     row = (
         await session.execute(
-            triggers.insert()
+            kind.table.insert()
             .values(id=trigger_id, version=1, enabled=enabled, definition=definition, updated_by=by)
-            .returning(*_TRIGGER_COLUMNS)
+            .returning(*kind.columns)
         )
     ).one()
-    await _record_version(session, _trigger(row), "created")
+    await _record_version(session, kind, _trigger(row), "created")
     return _trigger(row)
 
 
 async def get_trigger(
-    session: AsyncSession, trigger_id: str, *, for_update: bool = False
+    session: AsyncSession, trigger_id: str, *, for_update: bool = False, kind: Versioned = TRIGGERS
 ) -> TriggerRow | None:
-    stmt = sa.select(*_TRIGGER_COLUMNS).where(
-        triggers.c.id == trigger_id, triggers.c.deleted_at.is_(None)
-    )
+    t = kind.table
+    stmt = sa.select(*kind.columns).where(t.c.id == trigger_id, t.c.deleted_at.is_(None))
     if for_update:
         stmt = stmt.with_for_update()
     row = (await session.execute(stmt)).first()
     return _trigger(row) if row else None
 
 
-async def trigger_exists(session: AsyncSession, trigger_id: str) -> bool:
+async def trigger_exists(
+    session: AsyncSession, trigger_id: str, *, kind: Versioned = TRIGGERS
+) -> bool:
     """Also true for a deleted trigger: its history and stats stay readable."""
-    return bool(await session.scalar(sa.select(sa.exists().where(triggers.c.id == trigger_id))))
+    return bool(await session.scalar(sa.select(sa.exists().where(kind.table.c.id == trigger_id))))
 
 
-async def list_triggers(session: AsyncSession, *, enabled: bool | None = None) -> list[TriggerRow]:
-    stmt = sa.select(*_TRIGGER_COLUMNS).where(triggers.c.deleted_at.is_(None))
+async def list_triggers(
+    session: AsyncSession, *, enabled: bool | None = None, kind: Versioned = TRIGGERS
+) -> list[TriggerRow]:
+    t = kind.table
+    stmt = sa.select(*kind.columns).where(t.c.deleted_at.is_(None))
     if enabled is not None:
-        stmt = stmt.where(triggers.c.enabled.is_(enabled))
-    rows = await session.execute(stmt.order_by(triggers.c.created_at, triggers.c.id))
+        stmt = stmt.where(t.c.enabled.is_(enabled))
+    rows = await session.execute(stmt.order_by(t.c.created_at, t.c.id))
     return [_trigger(r) for r in rows]
 
 
@@ -151,6 +174,7 @@ async def change_trigger(
     definition: dict[str, Any] | None = None,
     enabled: bool | None = None,
     delete: bool = False,
+    kind: Versioned = TRIGGERS,
 ) -> TriggerRow:
     """A new version of a trigger (the caller holds the row lock from get_trigger)."""
     values: dict[str, Any] = {
@@ -167,37 +191,43 @@ async def change_trigger(
         values["enabled"] = False
     row = (
         await session.execute(
-            triggers.update()
-            .where(triggers.c.id == current.id)
+            kind.table.update()
+            .where(kind.table.c.id == current.id)
             .values(**values)
-            .returning(*_TRIGGER_COLUMNS)
+            .returning(*kind.columns)
         )
     ).one()
-    await _record_version(session, _trigger(row), change)
+    await _record_version(session, kind, _trigger(row), change)
     return _trigger(row)
 
 
-async def _record_version(session: AsyncSession, row: TriggerRow, change: str) -> None:
+async def _record_version(
+    session: AsyncSession, kind: Versioned, row: TriggerRow, change: str
+) -> None:
     await session.execute(
-        trigger_versions.insert().values(
-            trigger_id=row.id,
-            version=row.version,
-            change=change,
-            enabled=row.enabled,
-            definition=row.definition,
-            changed_by=row.updated_by,
-            changed_at=row.updated_at,
+        kind.versions.insert().values(
+            {
+                kind.key: row.id,
+                "version": row.version,
+                "change": change,
+                "enabled": row.enabled,
+                "definition": row.definition,
+                "changed_by": row.updated_by,
+                "changed_at": row.updated_at,
+            }
         )
     )
 
 
-async def list_versions(session: AsyncSession, trigger_id: str) -> list[dict[str, Any]]:
-    t = trigger_versions
+async def list_versions(
+    session: AsyncSession, trigger_id: str, *, kind: Versioned = TRIGGERS
+) -> list[dict[str, Any]]:
+    t = kind.versions
     rows = await session.execute(
         sa.select(
             t.c.version, t.c.change, t.c.enabled, t.c.definition, t.c.changed_by, t.c.changed_at
         )
-        .where(t.c.trigger_id == trigger_id)
+        .where(t.c[kind.key] == trigger_id)
         .order_by(t.c.version)
     )
     return [dict(r._mapping) for r in rows]
@@ -344,12 +374,18 @@ async def recent_contacts(
     rows = await session.execute(_RECENT_CONTACTS, {"ids": list(customer_ids), "since": since})
     out: dict[str, list[PastContact]] = {}
     for r in rows:
-        out.setdefault(r.customer_id, []).append(PastContact(r.trigger_id, r.created_at))
+        out.setdefault(r.customer_id, []).append(
+            PastContact(r.trigger_id, r.created_at, r.channel, r.transactional)
+        )
     return out
 
 
 _RECENT_CONTACTS = sa.select(
-    actions.c.customer_id, actions.c.trigger_id, actions.c.created_at
+    actions.c.customer_id,
+    actions.c.trigger_id,
+    actions.c.created_at,
+    actions.c.channel,
+    actions.c.transactional,
 ).where(
     actions.c.customer_id == _IDS,
     actions.c.created_at >= sa.bindparam("since", type_=sa.DateTime(timezone=True)),
@@ -477,7 +513,7 @@ ACTION_COLUMNS = (
     "id", "trigger_id", "trigger_version", "customer_id", "channel", "status",
     "suppressed_reason", "deferred_reason", "target", "payload", "cause_event", "cause_time",
     "created_at", "due_at", "attempts", "last_error", "delivered_at",
-    "conversion_window_seconds", "converted_at", "entry_key", "occasion",
+    "conversion_window_seconds", "converted_at", "entry_key", "occasion", "transactional",
 )  # fmt: skip
 _INSERT_ACTIONS = _insert_arrays(actions, ACTION_COLUMNS)
 
@@ -531,19 +567,33 @@ class Claimed:
     occasion: dict[str, Any] | None  # the causing event, when the condition reads it
 
 
-async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> list[Claimed]:
-    """Claim due actions (and ones whose sender's claim lapsed) with SKIP LOCKED, so
-    dispatchers on several replicas never take the same action at the same time. The
-    claim moves `due_at` to the end of the lease."""
-    rows = await session.execute(_CLAIM, {"limit": limit, "lease": lease})
+async def claim_due(
+    session: AsyncSession, *, limit: int, lease: timedelta, now: datetime
+) -> list[Claimed]:
+    """Claim actions due by `now` (the service's clock; and ones whose sender's claim
+    lapsed) with SKIP LOCKED, so dispatchers on several replicas never take the same
+    action at the same time. The claim moves `due_at` to the end of the lease."""
+    rows = await session.execute(_CLAIM, {"limit": limit, "lease": lease, "now": now})
     return [Claimed(*r) for r in rows]
+
+
+# A journey's send step (trigger id `<journey>/<step>`) keeps its secret in the journey
+# version the action is of.
+_JOURNEY_SECRET: sa.ColumnElement[str] = sa.literal_column(
+    """(SELECT s.value -> 'action' ->> 'secret'
+        FROM campaigns.journey_versions v, jsonb_array_elements(v.definition -> 'steps') s
+        WHERE v.journey_id = split_part(campaigns.actions.trigger_id, '/', 1)
+          AND v.version = campaigns.actions.trigger_version
+          AND s.value ->> 'id' = split_part(campaigns.actions.trigger_id, '/', 2))"""
+)
 
 
 def _claim() -> Any:
     a = actions
+    now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
     due = (
         sa.select(a.c.id)
-        .where(a.c.status.in_(("pending", "sending")), a.c.due_at <= sa.func.now())
+        .where(a.c.status.in_(("pending", "sending")), a.c.due_at <= now)
         .order_by(a.c.due_at)
         .limit(sa.bindparam("limit", type_=sa.Integer))
         .with_for_update(skip_locked=True)
@@ -560,7 +610,7 @@ def _claim() -> Any:
         .values(
             status="sending",
             attempts=a.c.attempts + 1,
-            due_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval),
+            due_at=now + sa.bindparam("lease", type_=sa.Interval),
         )
         .returning(
             a.c.id,
@@ -571,7 +621,7 @@ def _claim() -> Any:
             a.c.payload,
             a.c.attempts,
             a.c.cause_time,
-            secret,
+            sa.func.coalesce(secret, _JOURNEY_SECRET),
             a.c.trigger_version,
             a.c.occasion,
         )
@@ -1447,3 +1497,360 @@ async def memberships_of(session: AsyncSession, customer_id: str) -> list[dict[s
         .order_by(m.c.segment_id)
     )
     return [dict(r._mapping) for r in rows]
+
+
+# --- journeys -------------------------------------------------------------------------
+
+_ENABLED_JOURNEYS = (
+    sa.select(journeys.c.id, journeys.c.version, journeys.c.definition)
+    .where(journeys.c.enabled.is_(True), journeys.c.deleted_at.is_(None))
+    .order_by(journeys.c.id)
+)
+
+
+async def enabled_journeys(session: AsyncSession) -> list[tuple[str, int, dict[str, Any]]]:
+    rows = await session.execute(_ENABLED_JOURNEYS)
+    return [(r.id, r.version, r.definition) for r in rows]
+
+
+async def journey_versions_of(
+    session: AsyncSession, keys: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[dict[str, Any], bool]]:
+    """(definition of that version, whether the journey is enabled now) per (id, version):
+    runs finish on the version they entered with."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    v, j = journey_versions, journeys
+    rows = await session.execute(
+        sa.select(v.c.journey_id, v.c.version, v.c.definition, j.c.enabled)
+        .join(j, j.c.id == v.c.journey_id)
+        .where(sa.tuple_(v.c.journey_id, v.c.version).in_(keys))
+    )
+    return {(r.journey_id, r.version): (r.definition, bool(r.enabled)) for r in rows}
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """A customer's earlier entry into a journey, for re-entry control."""
+
+    journey_id: str
+    key: str
+    cause_time: datetime
+
+
+async def journey_entries(
+    session: AsyncSession, customer_ids: Sequence[str], journey_ids: Sequence[str]
+) -> dict[str, list[RunEntry]]:
+    r = journey_runs
+    rows = await session.execute(
+        sa.select(r.c.customer_id, r.c.journey_id, r.c.entry_key, r.c.cause_time).where(
+            r.c.customer_id == _IDS, r.c.journey_id == sa.any_(sa.bindparam("journeys"))
+        ),
+        {"ids": list(customer_ids), "journeys": list(journey_ids)},
+    )
+    out: dict[str, list[RunEntry]] = {}
+    for row in rows:
+        out.setdefault(row.customer_id, []).append(
+            RunEntry(row.journey_id, row.entry_key, row.cause_time)
+        )
+    return out
+
+
+RUN_COLUMNS = (
+    "id",
+    "journey_id",
+    "journey_version",
+    "customer_id",
+    "entry_key",
+    "status",
+    "step_id",
+    "due_at",
+    "cause_event",
+    "cause_time",
+    "occasion",
+    "entered_at",
+)
+_INSERT_RUNS = (
+    _insert_arrays(journey_runs, RUN_COLUMNS)
+    .on_conflict_do_nothing(index_elements=["journey_id", "customer_id", "entry_key"])
+    .returning(journey_runs.c.id)
+)
+
+
+async def insert_runs(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """New runs (rows with the keys of RUN_COLUMNS); an entry already there (a replay)
+    is kept. Returns the ids inserted."""
+    if not rows:
+        return set()
+    inserted = await session.execute(_INSERT_RUNS, _arrays(journey_runs, RUN_COLUMNS, rows))
+    return set(inserted.scalars())
+
+
+async def save_decisions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Why customers did not enter (the latest word per journey and customer)."""
+    if not rows:
+        return
+    latest = {(r["journey_id"], r["customer_id"]): r for r in rows}
+    stmt = insert(journey_decisions).values(list(latest.values()))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["journey_id", "customer_id"],
+            set_={
+                "at": stmt.excluded.at,
+                "reason": stmt.excluded.reason,
+                "detail": stmt.excluded.detail,
+            },
+        )
+    )
+
+
+@dataclass
+class Run:
+    """A run as the runner and the consumer change it."""
+
+    id: str
+    journey_id: str
+    journey_version: int
+    customer_id: str
+    entry_key: str
+    status: str
+    step_id: str | None
+    due_at: datetime | None
+    wait_event: str | None
+    event_at: datetime | None
+    arm: str | None
+    cause_event: str
+    cause_time: datetime
+    occasion: dict[str, Any] | None
+    entered_at: datetime
+    finished_at: datetime | None
+    exit_reason: str | None
+
+
+_RUN_FIELDS = [journey_runs.c[f] for f in Run.__dataclass_fields__]
+OPEN_RUN = ("active", "waiting")
+
+
+async def open_runs(
+    session: AsyncSession, customer_ids: Sequence[str], journey_ids: Sequence[str]
+) -> list[Run]:
+    """The customers' runs still under way in these journeys, locked (the caller holds
+    the customers' locks first, as the runner does)."""
+    r = journey_runs
+    rows = await session.execute(
+        sa.select(*_RUN_FIELDS)
+        .where(
+            r.c.customer_id == _IDS,
+            r.c.journey_id == sa.any_(sa.bindparam("journeys")),
+            r.c.status.in_(OPEN_RUN),
+        )
+        .order_by(r.c.id)
+        .with_for_update(),
+        {"ids": list(customer_ids), "journeys": list(journey_ids)},
+    )
+    return [Run(*row) for row in rows]
+
+
+_DUE_RUNS = sa.text("""
+    SELECT id, customer_id FROM campaigns.journey_runs
+    WHERE status IN ('active', 'waiting') AND due_at <= :now
+    ORDER BY due_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+""")
+# The claimed runs' customers, locked as a consumed batch locks them, but skipping those a
+# batch holds: their runs wait for the next pass instead of a lock (no deadlock with a
+# batch that holds the customer and waits for the run).
+_LOCK_FREE_CUSTOMERS = (
+    sa.select(customers)
+    .where(customers.c.customer_id == _IDS)
+    .order_by(customers.c.customer_id)
+    .with_for_update(skip_locked=True)
+)
+
+
+async def claim_due_runs(
+    session: AsyncSession, now: datetime, limit: int
+) -> tuple[list[Run], dict[str, CustomerState]]:
+    """Runs due by `now` (SKIP LOCKED: replicas share them) whose customers could be
+    locked, with those customers."""
+    due = (await session.execute(_DUE_RUNS, {"now": now, "limit": limit})).all()
+    if not due:
+        return [], {}
+    rows = await session.execute(_LOCK_FREE_CUSTOMERS, {"ids": sorted({c for _, c in due})})
+    states = {r.customer_id: _state(r) for r in rows}
+    ids = [i for i, c in due if c in states]
+    r = journey_runs
+    runs = await session.execute(sa.select(*_RUN_FIELDS).where(r.c.id == _IDS), {"ids": ids})
+    return [Run(*row) for row in runs], states
+
+
+_SAVE_RUN_COLUMNS = ("id", "status", "step_id", "due_at", "wait_event", "event_at", "arm",
+                     "finished_at", "exit_reason")  # fmt: skip
+_SAVED_RUNS = (
+    sa.func.unnest(*(_array_param(journey_runs.c[n]) for n in _SAVE_RUN_COLUMNS))
+    .table_valued(*(sa.column(n) for n in _SAVE_RUN_COLUMNS))
+    .render_derived(name="v")
+)
+_SAVE_RUNS = (
+    journey_runs.update()
+    .where(journey_runs.c.id == _SAVED_RUNS.c.id)
+    .values({n: _SAVED_RUNS.c[n] for n in _SAVE_RUN_COLUMNS if n != "id"})
+)
+
+
+async def save_runs(session: AsyncSession, runs: Sequence[Run]) -> None:
+    if runs:
+        rows = [{n: getattr(run, n) for n in _SAVE_RUN_COLUMNS} for run in runs]
+        await session.execute(_SAVE_RUNS, _arrays(journey_runs, _SAVE_RUN_COLUMNS, rows))
+
+
+STEP_COLUMNS = ("run_id", "step_id", "journey_id", "at", "late_seconds", "outcome", "arm",
+                "action_id")  # fmt: skip
+_INSERT_STEPS = _insert_arrays(journey_steps, STEP_COLUMNS)
+
+
+async def insert_steps(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """The steps runs went through. The key (run, step) makes a second run of a step an
+    error that rolls its transaction back: once per entry, whatever happens."""
+    if rows:
+        await session.execute(_INSERT_STEPS, _arrays(journey_steps, STEP_COLUMNS, rows))
+
+
+async def record_journey_conversions(
+    session: AsyncSession, conversions: Sequence[tuple[str, str, datetime, int]]
+) -> None:
+    """(journey, customer, time, window seconds): runs entered at most a window before
+    the conversion event are converted (the first one counts)."""
+    if not conversions:
+        return
+    r = journey_runs
+    c = sa.values(
+        sa.column("journey_id", sa.Text),
+        sa.column("customer_id", sa.Text),
+        sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("window", sa.Integer),
+        name="c",
+    ).data(list(conversions))
+    window = sa.func.make_interval(0, 0, 0, 0, 0, 0, c.c.window)
+    await session.execute(
+        r.update()
+        .where(
+            r.c.journey_id == c.c.journey_id,
+            r.c.customer_id == c.c.customer_id,
+            r.c.converted_at.is_(None),
+            r.c.cause_time <= c.c.at,
+            c.c.at <= r.c.cause_time + window,
+        )
+        .values(converted_at=c.c.at)
+    )
+
+
+async def customer_runs(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
+    r = journey_runs
+    rows = await session.execute(
+        sa.select(
+            r.c.id,
+            r.c.journey_id,
+            r.c.journey_version,
+            r.c.status,
+            r.c.step_id,
+            r.c.due_at,
+            r.c.entered_at,
+            r.c.finished_at,
+            r.c.exit_reason,
+            r.c.converted_at,
+            r.c.arm,
+        )
+        .where(r.c.customer_id == customer_id)
+        .order_by(r.c.journey_id, r.c.entered_at)
+    )
+    out = [{**row._mapping, "steps": []} for row in rows]
+    s = journey_steps
+    steps = await session.execute(
+        sa.select(s.c.run_id, s.c.step_id, s.c.at, s.c.outcome, s.c.late_seconds, s.c.action_id)
+        .where(s.c.run_id == _IDS)
+        .order_by(s.c.seq),
+        {"ids": [r["id"] for r in out]},
+    )
+    by_run = {r["id"]: r for r in out}
+    for step in steps:
+        row = dict(step._mapping)
+        by_run[row.pop("run_id")]["steps"].append(row)
+    return out
+
+
+async def customer_decisions(session: AsyncSession, customer_id: str) -> dict[str, dict[str, Any]]:
+    d = journey_decisions
+    rows = await session.execute(
+        sa.select(d.c.journey_id, d.c.at, d.c.reason, d.c.detail).where(
+            d.c.customer_id == customer_id
+        )
+    )
+    return {row.journey_id: dict(row._mapping) for row in rows}
+
+
+async def journey_funnel(session: AsyncSession, journey_id: str) -> dict[str, Any]:
+    """Per step: how many runs went through it by outcome, and how many wait on it now;
+    per arm: runs and conversions; runs by status and exit reason."""
+    s, r = journey_steps, journey_runs
+    steps = await session.execute(
+        sa.select(s.c.step_id, s.c.outcome, sa.func.count(), sa.func.max(s.c.late_seconds))
+        .where(s.c.journey_id == journey_id)
+        .group_by(s.c.step_id, s.c.outcome)
+    )
+    waiting = await session.execute(
+        sa.select(r.c.step_id, sa.func.count())
+        .where(r.c.journey_id == journey_id, r.c.status == "waiting")
+        .group_by(r.c.step_id)
+    )
+    runs = await session.execute(
+        sa.select(r.c.status, r.c.exit_reason, sa.func.count(), sa.func.count(r.c.converted_at))
+        .where(r.c.journey_id == journey_id)
+        .group_by(r.c.status, r.c.exit_reason)
+    )
+    # A run's arm is the outcome of its split step.
+    arm = (
+        sa.select(s.c.run_id, s.c.step_id, s.c.outcome)
+        .where(s.c.journey_id == journey_id, s.c.outcome.like("arm:%"))
+        .subquery()
+    )
+    arms = await session.execute(
+        sa.select(arm.c.step_id, arm.c.outcome, sa.func.count(), sa.func.count(r.c.converted_at))
+        .join(r, r.c.id == arm.c.run_id)
+        .group_by(arm.c.step_id, arm.c.outcome)
+    )
+    return {
+        "steps": [tuple(row) for row in steps],
+        "waiting": {row[0]: row[1] for row in waiting},
+        "runs": [tuple(row) for row in runs],
+        "arms": [tuple(row) for row in arms],
+    }
+
+
+# --- clock control --------------------------------------------------------------------
+
+
+async def clock_offset(session: AsyncSession) -> float:
+    return float(await session.scalar(sa.select(clock.c.offset_seconds)) or 0.0)
+
+
+async def advance_clock(session: AsyncSession, seconds: float) -> float:
+    stmt = insert(clock).values(id=1, offset_seconds=seconds)
+    offset = await session.scalar(
+        stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"offset_seconds": clock.c.offset_seconds + seconds}
+        ).returning(clock.c.offset_seconds)
+    )
+    return float(offset or 0.0)
+
+
+async def runs_in_flight(session: AsyncSession, journey_id: str) -> dict[int, int]:
+    """Runs under way by the version they entered with."""
+    r = journey_runs
+    rows = await session.execute(
+        sa.select(r.c.journey_version, sa.func.count())
+        .where(r.c.journey_id == journey_id, r.c.status.in_(OPEN_RUN))
+        .group_by(r.c.journey_version)
+    )
+    return {int(v): int(n) for v, n in rows}

@@ -1,15 +1,17 @@
 """Suppression and scheduling: may this customer get this action, and when.
 
 Order matters and is fixed: cooldown, frequency cap, global cap (each suppresses with its
-reason), then the holdout split (eligible customers only, so treated and holdout groups
-are comparable), then the schedule (delay, quiet hours: held until later, never dropped).
+reason; the global cap counts one channel's marketing messages over every trigger and
+journey, and never stops a transactional one), then the holdout split (eligible
+customers only, so treated and holdout groups are comparable), then the schedule (delay,
+quiet hours: held until later, never dropped).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,12 +29,25 @@ class PastContact:
 
     trigger_id: str
     at: datetime
+    channel: str = "webhook"
+    transactional: bool = False
 
 
 @dataclass(frozen=True)
 class GlobalCap:
+    """At most `max` marketing messages per customer and channel within `period`, unless
+    `channels` sets that channel's own (max, period)."""
+
     max: int
     period: timedelta
+    channels: Mapping[str, tuple[int, timedelta]] = field(default_factory=dict)
+
+    def of(self, channel: str) -> tuple[int, timedelta]:
+        return self.channels.get(channel, (self.max, self.period))
+
+    @property
+    def longest(self) -> timedelta:
+        return max([self.period, *(p for _, p in self.channels.values())])
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,12 @@ def decide(
         window = timedelta(seconds=cap.period_seconds)
         if sum(1 for at in mine if now - at < window) >= cap.max:
             return Decision("suppressed", now, suppressed_reason="frequency_cap")
-    if sum(1 for c in contacts if now - c.at < global_cap.period) >= global_cap.max:
+    channel = definition.action.channel
+    most, period = global_cap.of(channel)
+    marketing = sum(
+        1 for c in contacts if c.channel == channel and not c.transactional and now - c.at < period
+    )
+    if not definition.transactional and marketing >= most:
         return Decision("suppressed", now, suppressed_reason="global_cap")
     if definition.holdout_percent and (
         holdout_bucket(trigger_id, customer_id) < definition.holdout_percent

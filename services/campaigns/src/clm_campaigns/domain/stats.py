@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,4 +59,27 @@ def summarize(
             },
         },
         "uplift": uplift,
+    }
+
+
+def two_proportions(a: Group, b: Group) -> dict[str, float | None]:
+    """Arm `a` against arm `b`: the difference of conversion rates, its 95% interval
+    (unpooled standard error) and the two-sided p-value of the pooled two-proportion
+    z-test. None where a group is empty or nobody (or everybody) converted."""
+    from scipy.stats import norm  # imported on use: the service starts without it
+
+    ra, rb = a.rate, b.rate
+    if ra is None or rb is None:
+        return {"difference": None, "ci95_low": None, "ci95_high": None, "p_value": None}
+    diff = ra - rb
+    se = math.sqrt(ra * (1 - ra) / a.actions + rb * (1 - rb) / b.actions)
+    pooled = (a.converted + b.converted) / (a.actions + b.actions)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / a.actions + 1 / b.actions))
+    p_value = float(2 * norm.sf(abs(diff) / se0)) if se0 > 0 else None
+    z = float(norm.ppf(0.975))
+    return {
+        "difference": diff,
+        "ci95_low": diff - z * se,
+        "ci95_high": diff + z * se,
+        "p_value": p_value,
     }

@@ -265,6 +265,11 @@ class TriggerDefinition(_Strict):
     cooldown_seconds: int = Field(0, ge=0, le=365 * 86_400)
     quiet_hours: QuietHours | None = None
     holdout_percent: float = Field(0, ge=0, le=100)
+    transactional: bool = Field(
+        False,
+        description="A receipt, a password reset: exempt from the global cap and not counted "
+        "by it (its own frequency cap and cooldown still apply).",
+    )
     conversion_window_seconds: int = Field(DEFAULT_CONVERSION_WINDOW, ge=60, le=365 * 86_400)
     reentry: Reentry = Field(default_factory=Reentry)
     max_age_seconds: int | None = Field(
