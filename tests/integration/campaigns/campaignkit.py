@@ -206,6 +206,46 @@ def webhook_trigger(url: str, to_stage: str = "at_risk", **extra: Any) -> dict[s
     }
 
 
+DAY = 86_400
+
+
+def journey_send(step_id: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "type": "send",
+        "action": {
+            "channel": "webhook",
+            "url": url,
+            "payload": f'{{"customer": "{{{{ customer.id }}}}", "step": "{step_id}"}}',
+        },
+        **extra,
+    }
+
+
+def onboarding(url: str, **extra: Any) -> dict[str, Any]:
+    """On entering onboarding send the welcome, wait three days; if no second purchase
+    send a tip, else a thank-you."""
+    return {
+        "name": "onboarding",
+        "entry": {"on": {"kind": "transition", "to_stage": "onboarding"}},
+        "steps": [
+            journey_send("welcome", url),
+            {"id": "three_days", "type": "wait", "seconds": 3 * DAY},
+            {
+                "id": "second_purchase",
+                "type": "branch",
+                "condition": "facts.purchases_total >= 2",
+                "then": "thanks",
+                "else": "tip",
+            },
+            journey_send("tip", url, next="done"),
+            journey_send("thanks", url),
+            {"id": "done", "type": "exit"},
+        ],
+        **extra,
+    }
+
+
 # The local webhook receiver listens on loopback, which the SSRF guard refuses by default.
 ALLOW_LOCAL = {"webhook_allowed_networks": ["127.0.0.1/32"]}
 

@@ -9,58 +9,23 @@ from typing import Any
 import httpx
 from campaignkit import (
     ALLOW_LOCAL,
+    DAY,
     WebhookReceiver,
     cid,
     event,
     eventually,
+    onboarding,
     projected,
     publish,
     transition,
 )
+from campaignkit import journey_send as send
 from kit import bearer, running
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_campaigns.domain.journeys import JourneyDefinition, SplitStep, arm_of
 
-DAY = 86_400
 CLOCK = {"clock_control": True, "journey_poll_interval": 0.1, **ALLOW_LOCAL}
-
-
-def send(step_id: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": step_id,
-        "type": "send",
-        "action": {
-            "channel": "webhook",
-            "url": url,
-            "payload": f'{{"customer": "{{{{ customer.id }}}}", "step": "{step_id}"}}',
-        },
-        **extra,
-    }
-
-
-def onboarding(url: str, **extra: Any) -> dict[str, Any]:
-    """On entering onboarding send the welcome, wait three days; if no second purchase
-    send a tip, else a thank-you."""
-    return {
-        "name": "onboarding",
-        "entry": {"on": {"kind": "transition", "to_stage": "onboarding"}},
-        "steps": [
-            send("welcome", url),
-            {"id": "three_days", "type": "wait", "seconds": 3 * DAY},
-            {
-                "id": "second_purchase",
-                "type": "branch",
-                "condition": "facts.purchases_total >= 2",
-                "then": "thanks",
-                "else": "tip",
-            },
-            send("tip", url, next="done"),
-            send("thanks", url),
-            {"id": "done", "type": "exit"},
-        ],
-        **extra,
-    }
 
 
 async def create(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> str:
