@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib
 import json
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -256,3 +259,46 @@ def traces(dump: str, needle: str) -> list[str]:
         first, last = -(-8 * pad // 6), 8 * (pad + len(raw)) // 6
         forms.add(encoded[first:last])
     return [line[:200] for line in dump.splitlines() if any(f in line for f in forms)]
+
+
+class ServiceProcess:
+    """A service in a process of its own (`clm-<name> serve`), to stop or kill it for
+    real. `env` sets its configuration, its port included."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name, self.env = name, env
+        self.proc: asyncio.subprocess.Process | None = None
+        port = env[f"CLM_{name.upper().replace('-', '_')}_PORT"]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            f"from clm_{self.name.replace('-', '_')}.cli import app; app()",
+            "serve",
+            env=self.env,
+        )
+        deadline = asyncio.get_running_loop().time() + 60
+        async with httpx.AsyncClient() as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"{self.name} did not become ready in 60 s")
+                await asyncio.sleep(0.1)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=20)
+            except TimeoutError:
+                await self.kill()
+                raise AssertionError(f"{self.name} did not stop within 20 s of SIGTERM") from None

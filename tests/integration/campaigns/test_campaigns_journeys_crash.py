@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from campaignkit import DAY, WebhookReceiver, cid, eventually, onboarding, publish, transition
-from kit import bearer
+from kit import ServiceProcess, bearer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_devstack.procs import free_port
@@ -41,40 +39,6 @@ def _env(database_url: str, bootstrap: str, prefix: str, port: int) -> dict[str,
         "CLM_CAMPAIGNS_CONSUMER_SESSION_TIMEOUT_MS": "6000",
         "CLM_CAMPAIGNS_CONSUMER_HEARTBEAT_INTERVAL_MS": "1000",
     }
-
-
-class Service:
-    """The campaigns service in a process of its own, to kill it for real."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = f"http://127.0.0.1:{env['CLM_CAMPAIGNS_PORT']}"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from clm_campaigns.cli import app; app()", "serve", env=self.env
-        )
-        async with httpx.AsyncClient() as client:
-
-            async def ready() -> bool:
-                try:
-                    r = await client.get(f"{self.url}/readyz")
-                except httpx.HTTPError:
-                    return False
-                return r.status_code == 200
-
-            await eventually(ready, timeout=60, what="the service to be ready")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
 
 
 @asynccontextmanager
@@ -119,7 +83,7 @@ async def test_a_kill_inside_each_journey_pass_runs_every_step_exactly_once(
     prefix = f"k{uuid.uuid4().hex[:8]}."
     await ensure_topics(bootstrap_servers, Topics(prefix, 2).all())
     env = _env(migrated, bootstrap_servers, prefix, free_port("127.0.0.1"))
-    service = Service(env)
+    service = ServiceProcess("campaigns", env)
     await service.start()
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:

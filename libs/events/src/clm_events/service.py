@@ -110,6 +110,7 @@ class Runtime:
         self.keys = KeyStore(self.sessions)
         self.consumers: list[ConsumerRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._started: set[str] = set()  # group ids of consumers whose client has started
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
     @classmethod
@@ -228,9 +229,9 @@ class Runtime:
         log.info("schema migrated; starting consumers and loops", extra={"schema": self._schema})
         self._launch()
 
-    @staticmethod
-    async def _consume(consumer: ConsumerRunner) -> None:
+    async def _consume(self, consumer: ConsumerRunner) -> None:
         await consumer.start()
+        self._started.add(consumer.group_id)
         try:
             await consumer.run()
         finally:
@@ -240,6 +241,12 @@ class Runtime:
         if self._waiting is not None:
             self._waiting.cancel()
             await asyncio.gather(self._waiting, return_exceptions=True)
+        for task in self._tasks:
+            # Stopped while its client was still starting, a consumer would wait in that
+            # start for ever: cancelled instead.
+            group = task.get_name().removeprefix("consumer:")
+            if task.get_name().startswith("consumer:") and group not in self._started:
+                task.cancel()
         for c in self.consumers:
             await c.stop()
         if self.relay is not None:
