@@ -22,8 +22,9 @@ from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
 from clm_campaigns.domain.projection import CustomerState
 from clm_campaigns.domain.stats import Group, two_proportions
 from clm_campaigns.domain.triggers import TriggerDefinition
-from clm_campaigns.journeys import Pass, advance
+from clm_campaigns.journeys import Pass, advance, on_events
 from clm_campaigns.repository import Run
+from clm_events.envelope import EVENT_ADAPTER, Event
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 HOOK = {"channel": "webhook", "url": "https://x.example/h", "payload": "{}"}
@@ -150,8 +151,8 @@ def _run(journey_id: str, step: str, status: str = "active", **extra: Any) -> Ru
         "status": status,
         "step_id": step,
         "due_at": NOW,
-        "wait_event": None,
-        "event_at": None,
+        "step_at": NOW,
+        "seen": {},
         "arm": None,
         "cause_event": "clm/stage-engine/t1",
         "cause_time": NOW,
@@ -199,8 +200,17 @@ def test_a_run_moves_until_it_waits_and_checks_the_exit_before_each_step() -> No
     assert (run.status, run.exit_reason, out.steps) == ("exited", "exit_condition", [])
 
 
-def test_a_wait_for_takes_the_branch_of_what_happened() -> None:
+def _event(customer: str, type_: str, at: datetime) -> Event:
+    return EVENT_ADAPTER.validate_python(
+        {"specversion": "1.0", "id": f"e-{at.timestamp()}", "source": "test", "type": type_,
+         "subject": customer, "time": at.isoformat(),
+         "data": {"invoice_id": "i1", "amount": "10.00", "currency": "EUR"}}
+    )  # fmt: skip
+
+
+def test_a_wait_for_decides_by_event_time_whatever_order_things_arrive_in() -> None:
     body = journey(
+        {"id": "later", "type": "wait", "seconds": 600},
         {"id": "paid", "type": "wait_for", "event": "billing.invoice_paid",
          "timeout_seconds": 3600, "on_timeout": "remind"},
         {"id": "thanks", "type": "send", "action": HOOK, "next": "end"},
@@ -208,16 +218,30 @@ def test_a_wait_for_takes_the_branch_of_what_happened() -> None:
         {"id": "end", "type": "exit"},
     )  # fmt: skip
     j = compile_journey("jrn_w", 1, JourneyDefinition.model_validate(body))
+    versions = {("jrn_w", 1): (j, True)}
     state = CustomerState("c1")
-    for came, expected in ((NOW, "thanks"), (None, "remind")):
-        run, out = _run("jrn_w", "paid"), Pass()
-        advance(run, j, state, NOW, out, _sent, "UTC")
-        assert (run.status, run.wait_event) == ("waiting", "billing.invoice_paid")
-        assert run.due_at == NOW + timedelta(hours=1)
-        run.event_at = came
-        advance(run, j, state, NOW + timedelta(hours=1), out, _sent, "UTC")
-        assert [s["step_id"] for s in out.steps] == ["paid", expected, "end"]
-        assert out.steps[0]["outcome"] == ("event" if came else "timeout")
+    step_starts = NOW + timedelta(minutes=10)  # when the wait ends, in event time
+    cases = {
+        # paid within the hour after the wait, consumed while the run still waited on it
+        "during": ([], [step_starts + timedelta(minutes=5)], "thanks"),
+        # the same payment consumed before the run reached the step
+        "early": ([step_starts + timedelta(minutes=5)], [], "thanks"),
+        # paid before the wait ended: not what the step waits for
+        "before": ([NOW + timedelta(minutes=1)], [], "remind"),
+        "never": ([], [], "remind"),
+    }
+    for name, (first, second, expected) in cases.items():
+        run, out = _run("jrn_w", "later"), Pass()
+        advance(run, j, state, NOW, out, _sent, "UTC")  # waiting 10 minutes
+        on_events([run], versions, [_event("c1", "billing.invoice_paid", t) for t in first], NOW)
+        late = NOW + timedelta(minutes=30)  # the pass runs 20 minutes late
+        advance(run, j, state, late, out, _sent, "UTC")
+        if run.status == "waiting":
+            assert run.due_at == step_starts + timedelta(hours=1), name
+            events = [_event("c1", "billing.invoice_paid", t) for t in second]
+            on_events([run], versions, events, late)
+            advance(run, j, state, max(late, run.due_at), out, _sent, "UTC")
+        assert [s["step_id"] for s in out.steps] == ["later", "paid", expected, "end"], name
 
 
 def test_two_arms_compare_with_a_two_proportion_test() -> None:

@@ -172,6 +172,7 @@ def start(
                     "status": "active",
                     "step_id": journey.first,
                     "due_at": now,
+                    "step_at": occasion.time,
                     "cause_event": cause,
                     "cause_time": occasion.time,
                     "occasion": occasion.as_context(),
@@ -181,21 +182,28 @@ def start(
     return out
 
 
+SEEN_PER_TYPE = 20  # the latest event times kept per watched type
+
+
 def on_events(
     runs: Sequence[Run],
     journeys: dict[tuple[str, int], tuple[CompiledJourney, bool]],
     events: Sequence[Event],
     now: datetime,
 ) -> list[Run]:
-    """A batch's events for runs under way: an exit event ends its run, an awaited event
-    wakes its wait_for step. Only events at or after the run's entry count (a late event
-    from before it entered is no reason to leave). Returns the runs changed."""
+    """A batch's events for runs under way: an exit event ends its run; an event a
+    wait_for step watches is kept on the run (its time), and wakes the run if it waits on
+    that step and the event falls in the step's window. Only events at or after the
+    run's entry count (a late event from before it entered is no reason to leave).
+    Returns the runs changed."""
     changed: dict[str, Run] = {}
     for run in runs:
         found = journeys.get((run.journey_id, run.journey_version))
         if found is None:
             continue
-        exits = {e.value for e in found[0].definition.exit.events}
+        journey = found[0]
+        exits = {e.value for e in journey.definition.exit.events}
+        watched = {e.value for e in journey.waits_for}
         for e in events:
             if e.subject != run.customer_id or e.time < run.cause_time:
                 continue
@@ -203,15 +211,31 @@ def on_events(
                 finish(run, "exited", now, reason=f"event:{e.type}")
                 changed[run.id] = run
                 break
-            if run.status == "waiting" and run.wait_event == e.type and run.event_at is None:
-                run.event_at, run.due_at = e.time, now
-                changed[run.id] = run
+            if e.type not in watched:
+                continue
+            times = run.seen.setdefault(e.type, [])
+            times[:] = sorted({*times, e.time.isoformat()})[-SEEN_PER_TYPE:]
+            changed[run.id] = run
+            step = journey.steps.get(run.step_id or "")
+            if run.status == "waiting" and isinstance(step, WaitForStep):
+                if step.event.value == e.type and _in_window(step, run.step_at, e.time):
+                    run.due_at = now
     return list(changed.values())
+
+
+def _in_window(step: WaitForStep, start: datetime, at: datetime) -> bool:
+    return start <= at <= start + timedelta(seconds=step.timeout_seconds)
+
+
+def _came(step: WaitForStep, run: Run) -> bool:
+    """Whether the awaited event happened within the step's window (by event time)."""
+    times = run.seen.get(step.event.value, [])
+    return any(_in_window(step, run.step_at, datetime.fromisoformat(t)) for t in times)
 
 
 def finish(run: Run, status: str, now: datetime, *, reason: str | None = None) -> None:
     run.status, run.finished_at, run.exit_reason = status, now, reason
-    run.due_at = run.wait_event = None
+    run.due_at = None
 
 
 @dataclass
@@ -292,19 +316,24 @@ def _step(
 ) -> tuple[str, str | None, dict[str, Any] | None] | None:
     """Run one step: (outcome, where to go (None: the following step), its action), or
     None when the run waits now (its due time set)."""
+    # Waits count from when the run reached the step in event time (`step_at`), so a pass
+    # that runs late, or events that arrive late, do not move them.
     if isinstance(step, WaitStep):
         if not resuming:
             run.status = "waiting"
-            run.due_at = wait_until(step, now, state.timezone, default_timezone)
+            run.due_at = wait_until(step, run.step_at, state.timezone, default_timezone)
             return None
+        assert run.due_at is not None
+        run.step_at = run.due_at  # the next step starts when the wait was to end
         return "waited", step.next, None
     if isinstance(step, WaitForStep):
-        if not resuming:
-            run.status, run.wait_event = "waiting", step.event.value
-            run.event_at, run.due_at = None, now + timedelta(seconds=step.timeout_seconds)
+        came = _came(step, run)
+        if not resuming and not came:
+            run.status = "waiting"
+            run.due_at = run.step_at + timedelta(seconds=step.timeout_seconds)
             return None
-        came = run.event_at is not None
-        run.wait_event = run.event_at = None
+        if not came:
+            run.step_at = run.step_at + timedelta(seconds=step.timeout_seconds)
         return ("event", step.on_event, None) if came else ("timeout", step.on_timeout, None)
     if isinstance(step, SendStep):
         row = act(journey.sends[step.id], state, occasion, run, now)

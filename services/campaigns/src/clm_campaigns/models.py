@@ -224,8 +224,12 @@ journey_runs = sa.Table(
     sa.Column("status", sa.Text, nullable=False),  # active, waiting, completed, exited
     sa.Column("step_id", sa.Text),
     sa.Column("due_at", sa.DateTime(timezone=True)),
-    sa.Column("wait_event", sa.Text),  # a wait_for step's event type, while waiting for it
-    sa.Column("event_at", sa.DateTime(timezone=True)),  # ... and when it came
+    # When the run reached its step, in the customer's event time: the entry event's time,
+    # then each wait's scheduled end. Waits count from it, not from when a pass ran.
+    sa.Column("step_at", sa.DateTime(timezone=True), nullable=False),
+    # Times of the events its wait_for steps watch, as consumed (type -> ISO times): a
+    # wait_for decides by event time whatever order the events arrived in.
+    sa.Column("seen", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("arm", sa.Text),  # the arm of the last split it passed
     sa.Column("cause_event", sa.Text, nullable=False),
     sa.Column("cause_time", sa.DateTime(timezone=True), nullable=False),

@@ -1566,6 +1566,7 @@ RUN_COLUMNS = (
     "status",
     "step_id",
     "due_at",
+    "step_at",
     "cause_event",
     "cause_time",
     "occasion",
@@ -1617,8 +1618,8 @@ class Run:
     status: str
     step_id: str | None
     due_at: datetime | None
-    wait_event: str | None
-    event_at: datetime | None
+    step_at: datetime
+    seen: dict[str, list[str]]
     arm: str | None
     cause_event: str
     cause_time: datetime
@@ -1685,7 +1686,7 @@ async def claim_due_runs(
     return [Run(*row) for row in runs], states
 
 
-_SAVE_RUN_COLUMNS = ("id", "status", "step_id", "due_at", "wait_event", "event_at", "arm",
+_SAVE_RUN_COLUMNS = ("id", "status", "step_id", "due_at", "step_at", "seen", "arm",
                      "finished_at", "exit_reason")  # fmt: skip
 _SAVED_RUNS = (
     sa.func.unnest(*(_array_param(journey_runs.c[n]) for n in _SAVE_RUN_COLUMNS))
@@ -1695,7 +1696,13 @@ _SAVED_RUNS = (
 _SAVE_RUNS = (
     journey_runs.update()
     .where(journey_runs.c.id == _SAVED_RUNS.c.id)
-    .values({n: _SAVED_RUNS.c[n] for n in _SAVE_RUN_COLUMNS if n != "id"})
+    .values(
+        {
+            n: sa.cast(_SAVED_RUNS.c[n], JSONB) if _json(journey_runs.c[n]) else _SAVED_RUNS.c[n]
+            for n in _SAVE_RUN_COLUMNS
+            if n != "id"
+        }
+    )
 )
 
 
