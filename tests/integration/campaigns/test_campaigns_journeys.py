@@ -246,6 +246,12 @@ async def test_a_split_keeps_a_customers_arm_on_re_entry(
         for c, row in zip(customers, arms, strict=True):
             arm = row["arms"][0]
             assert steps_to(receiver, c) == ([] if arm == "holdout" else [f"offer_{arm}"] * 2)
+        stats = (await client.get(f"/v1/journeys/{journey}/stats", headers=bearer(read_key))).json()
+        counted = {a["arm"]: a["runs"] for a in stats["splits"]["ab"]}
+        assert counted == {arm: 2 * sum(row["arms"][0] == arm for row in arms) for arm in counted}
+        assert sum(counted.values()) == 24
+        if "holdout" in counted:
+            assert stats["runs"]["exited"] == {"holdout": counted["holdout"]}
 
 
 async def test_why_not_names_the_reason_for_each_customer(
@@ -355,3 +361,56 @@ async def test_why_not_names_the_reason_for_each_customer(
         assert run["exit_reason"] == "holdout"
         assert steps_to(receiver, held) == []
         assert steps_to(receiver, twice) == ["thanks"]
+
+
+async def test_an_edited_journey_keeps_its_customers_on_the_version_they_entered_with(
+    migrated: str,
+    bootstrap_servers: str,
+    receiver: WebhookReceiver,
+    admin_key: str,
+    read_key: str,
+) -> None:
+    first = onboarding(receiver.url)
+    async with running("clm_campaigns", migrated, bootstrap_servers, **CLOCK) as (client, rt):
+        journey = await create(client, admin_key, first)
+        early, late = cid(), cid()
+        await publish(
+            bootstrap_servers, rt.topics.transitions, early, transition(early, "onboarding")
+        )
+
+        async def welcomed() -> bool:
+            return steps_to(receiver, early) == ["welcome"]
+
+        await eventually(welcomed, what="the first customer's welcome")
+        # Version 2 drops the three-day wait the first customer is in, and the branch.
+        second = {**first, "steps": [send("welcome", receiver.url), send("tip", receiver.url)]}
+        r = await client.put(f"/v1/journeys/{journey}", json=second, headers=bearer(admin_key))
+        assert r.status_code == 200, r.text
+        assert (r.json()["version"], r.json()["in_flight"]) == (2, {"1": 1})
+        await publish(
+            bootstrap_servers, rt.topics.transitions, late, transition(late, "onboarding")
+        )
+
+        async def second_version() -> bool:
+            return steps_to(receiver, late) == ["welcome", "tip"]
+
+        await eventually(second_version, what="version 2 for the second customer")
+        assert steps_to(receiver, early) == ["welcome"]  # still waiting on version 1
+        await advance(client, admin_key, 3 * DAY + 60)
+
+        async def first_version() -> bool:
+            return steps_to(receiver, early) == ["welcome", "tip"]
+
+        await eventually(first_version, what="version 1's wait and branch for the first")
+        mine = (
+            await client.get(f"/v1/customers/{early}/journeys", headers=bearer(read_key))
+        ).json()
+        (run,) = next(j for j in mine if j["journey_id"] == journey)["runs"]
+        assert run["journey_version"] == 1
+        assert [s["step_id"] for s in run["steps"]] == [
+            "welcome",
+            "three_days",
+            "second_purchase",
+            "tip",
+            "done",
+        ]

@@ -288,7 +288,7 @@ def advance(
         late = 0.0  # only the step that was due can be late
         nxt = None if target is _END else journey.after(step.id, target)
         if nxt is None:
-            finish(run, "completed", now, reason=run.exit_reason)
+            finish(run, "exited" if run.exit_reason else "completed", now, reason=run.exit_reason)
         else:
             run.step_id, run.status, run.due_at = nxt, "active", now
 
