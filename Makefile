@@ -10,7 +10,8 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install run test test-unit lint format clean demo test-browser deploy-check bench chaos fuzz \
-	bench-ingest bench-stage-engine bench-scoring bench-campaigns bench-segments bench-privacy
+	bench-ingest bench-stage-engine bench-scoring bench-campaigns bench-segments bench-privacy \
+	bench-journeys
 
 install: $(VENV)/.synced
 
@@ -77,6 +78,11 @@ bench-scoring: install
 
 bench-campaigns: install
 	$(BIN)/python services/campaigns/bench/bench_campaigns.py
+	$(BIN)/python services/campaigns/bench/bench_journeys.py
+
+# Journeys alone: waits processed per second with 1M customers waiting in a journey.
+bench-journeys: install
+	$(BIN)/python services/campaigns/bench/bench_journeys.py
 
 # Segment membership's CPU per event next to none, estimate and recompute over 1M customers.
 bench-segments: install

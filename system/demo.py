@@ -10,8 +10,8 @@ again, fall at risk when they stop buying for twice their usual gap (the timer m
 no event needed), lapse when they cancel, and come back with a new purchase.
 
 It uses the development keys `make run` keeps in the data dir, creates a few example
-triggers (Kafka actions, so no outside system is needed) unless they already exist, and
-sends everything through ingest's CloudEvents API.
+triggers and an onboarding journey (Kafka actions, so no outside system is needed) unless
+they already exist, and sends everything through ingest's CloudEvents API.
 
     python system/demo.py [--customers 400] [--minutes 10] [--data-dir .clm]
 """
@@ -88,6 +88,34 @@ TRIGGERS: list[dict[str, Any]] = [
 ]
 
 
+# The onboarding programme as a journey: the welcome, a wait, and then a thank-you for a
+# second purchase or one of two tips (an A/B test with a holdout) for everyone else. The
+# demo compresses time, so the wait is a minute and a half.
+JOURNEY: dict[str, Any] = {
+    "name": "Onboarding: welcome, then a tip or a thank-you",
+    "entry": {"on": {"kind": "transition", "to_stage": "onboarding"}},
+    "exit": {"condition": 'stage == "lapsed"'},
+    "steps": [
+        {"id": "welcome", "type": "send", "action": _kafka(_payload("journey-welcome",
+         to="customer.traits.email"))},
+        {"id": "wait", "type": "wait", "seconds": 90},
+        {"id": "second_purchase", "type": "branch", "condition": "facts.purchases_total >= 2",
+         "then": "thanks", "else": "tips"},
+        {"id": "tips", "type": "split", "arms": [
+            {"name": "short", "percent": 45, "next": "tip_short"},
+            {"name": "long", "percent": 45, "next": "tip_long"},
+            {"name": "holdout", "percent": 10, "holdout": True}]},
+        {"id": "tip_short", "type": "send", "next": "done",
+         "action": _kafka(_payload("tip-short", to="customer.traits.email"))},
+        {"id": "tip_long", "type": "send", "next": "done",
+         "action": _kafka(_payload("tip-long", to="customer.traits.email"))},
+        {"id": "thanks", "type": "send",
+         "action": _kafka(_payload("thanks-again", name="customer.traits.name"))},
+        {"id": "done", "type": "exit"},
+    ],
+}  # fmt: skip
+
+
 def load_keys(data_dir: Path) -> dict[str, Any]:
     path = data_dir / "dev-keys.json"
     if not path.exists():
@@ -108,6 +136,18 @@ async def ensure_triggers(client: httpx.AsyncClient, campaigns: str, admin: str)
         if answer.status_code != 201:
             sys.exit(f"could not create trigger {trigger['name']!r}: {answer.text}")
         print(f"created trigger: {trigger['name']}")
+
+
+async def ensure_journey(client: httpx.AsyncClient, campaigns: str, admin: str) -> None:
+    auth = {"Authorization": f"Bearer {admin}"}
+    existing = await client.get(f"{campaigns}/v1/journeys", headers=auth)
+    existing.raise_for_status()
+    if any(j["definition"]["name"] == JOURNEY["name"] for j in existing.json()):
+        return
+    answer = await client.post(f"{campaigns}/v1/journeys", json=JOURNEY, headers=auth)
+    if answer.status_code != 201:
+        sys.exit(f"could not create the journey: {answer.text}")
+    print(f"created journey: {JOURNEY['name']} ({answer.json()['id']})")
 
 
 def schedule(events: list[dict[str, Any]], minutes: float) -> list[tuple[float, dict[str, Any]]]:
@@ -186,6 +226,7 @@ async def run(args: argparse.Namespace) -> None:
     await ensure_topics(f"127.0.0.1:{args.kafka_port}", {ACTION_TOPIC: 2})
     async with httpx.AsyncClient(timeout=15.0) as client:
         await ensure_triggers(client, campaigns, keys["admin"])
+        await ensure_journey(client, campaigns, keys["admin"])
         began, sent, last_report = time.monotonic(), 0, 0.0
         while sent < len(plan):
             elapsed = time.monotonic() - began

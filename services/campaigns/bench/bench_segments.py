@@ -438,9 +438,12 @@ def postgres_cpu(data_dir: Path) -> float:
     return total
 
 
-def start_service(db_url: str, bootstrap: str, port: int) -> subprocess.Popen[bytes]:
+def start_service(
+    db_url: str, bootstrap: str, port: int, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **(extra or {}),
         "CLM_DATABASE_URL": db_url,
         "CLM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "CLM_TOPIC_PARTITIONS": str(PARTITIONS),

@@ -18,6 +18,8 @@ PAGES = [
     "/segments",
     "/segments/new",
     "/rfm",
+    "/journeys",
+    "/journeys/new",
 ]
 
 

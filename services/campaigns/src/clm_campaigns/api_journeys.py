@@ -112,7 +112,11 @@ async def validate_journey(body: dict[str, Any], caller: AdminKey) -> dict[str, 
         return {
             "valid": False,
             "errors": [
-                {"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in errors
+                {
+                    "path": ".".join(str(p) for p in e["loc"]),
+                    "reason": e["msg"].removeprefix("Value error, "),  # says nothing to a reader
+                }
+                for e in errors
             ],
         }
     return {"valid": True, "errors": []}

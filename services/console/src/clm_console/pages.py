@@ -42,6 +42,7 @@ PAGES = (
     Page("customers", "/customers", "Customer", "Customers"),
     Page("triggers", "/triggers", "Triggers", "Triggers"),
     Page("results", "/results", "Trigger results", "Results"),
+    Page("journeys", "/journeys", "Journeys", "Journeys"),
     Page("segments", "/segments", "Segments", "Segments"),
     Page("rfm", "/rfm", "RFM segments", "RFM"),
     Page("deadletters", "/dead-letters", "Dead letters", "Dead letters"),
@@ -103,6 +104,23 @@ async def edit_trigger(
 @router.get("/results", response_class=HTMLResponse)
 async def results(request: Request) -> HTMLResponse:
     return _render(request, "results.html", "results")
+
+
+@router.get("/journeys", response_class=HTMLResponse)
+async def journeys(request: Request) -> HTMLResponse:
+    return _render(request, "journeys.html", "journeys")
+
+
+@router.get("/journeys/new", response_class=HTMLResponse)
+async def new_journey(request: Request) -> HTMLResponse:
+    return _render(request, "journey.html", "journeys", journey_id="", title="New journey")
+
+
+@router.get("/journeys/{journey_id}", response_class=HTMLResponse)
+async def journey(
+    request: Request, journey_id: Annotated[str, PathParam(max_length=64)]
+) -> HTMLResponse:
+    return _render(request, "journey.html", "journeys", journey_id=journey_id, title="Journey")
 
 
 @router.get("/segments", response_class=HTMLResponse)

@@ -1005,6 +1005,7 @@ const PAGES = {
   customers: customersPage,
   triggers: () => (location.pathname === "/triggers" ? triggersPage() : triggerPage()),
   results: resultsPage,
+  journeys: () => journeysPage(), // journeys.js
   segments: () => segmentsPage(), // segments.js
   rfm: () => rfmPage(), // rfm.js
   deadletters: deadlettersPage,
