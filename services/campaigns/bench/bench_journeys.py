@@ -75,10 +75,14 @@ FROM campaigns.customers c
 """
 
 
-def transitions(n: int, customers: int, run: str, topics: Topics, seed: int) -> list[Any]:
+def transitions(
+    n: int, customers: int, run: str, topics: Topics, seed: int, half: int
+) -> list[Any]:
+    """Transitions to random customers of one half of the base (`half` 0: even ids, 1:
+    odd): the two measured streams meet customers in the same state, never each other's."""
     rng, out = random.Random(seed), []
     for k in range(n):
-        subject = customer(rng.randrange(customers))
+        subject = customer(2 * rng.randrange(customers // 2) + half)
         to_stage = rng.choice(STAGES)
         now = datetime.now(UTC)
         event = new_event(
@@ -139,10 +143,10 @@ class Bench:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
             # As long as a measured stream: the baseline, read first, must not pay for a
             # cold cache that the second stream then finds warm.
-            await self.backlog(conn, transitions(n, c, "warm0", self.topics, 1))
+            await self.backlog(conn, transitions(n, c, "warm0", self.topics, 1, 0))
             print("stream, no journey ...")
             self.results["baseline"] = await self.backlog(
-                conn, transitions(n, c, "base", self.topics, 2)
+                conn, transitions(n, c, "base", self.topics, 2, 0)
             )
             r = await http.post("/v1/journeys", json=JOURNEY, headers=headers)
             r.raise_for_status()
@@ -152,10 +156,10 @@ class Bench:
             await conn.execute(RUNS, journey)
             await conn.execute("ANALYZE campaigns.journey_runs")
             self.results["runs_s"] = time.perf_counter() - started
-            await self.backlog(conn, transitions(500, c, "warm1", self.topics, 3))
+            await self.backlog(conn, transitions(n, c, "warm1", self.topics, 3, 1))
             print("the same stream with the journey ...")
             self.results["journeys"] = await self.backlog(
-                conn, transitions(n, c, "jrn", self.topics, 2)
+                conn, transitions(n, c, "jrn", self.topics, 2, 1)
             )
             print("a day later: every wait due ...")
             cpu, pg_cpu = cpu_seconds(self.service.pid), postgres_cpu(self.pg.data_dir)
