@@ -3,10 +3,14 @@ service's own clock control (no sleeping for days)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
 from campaignkit import (
     ALLOW_LOCAL,
     DAY,
@@ -37,6 +41,15 @@ async def create(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> s
 async def advance(client: httpx.AsyncClient, key: str, seconds: float) -> None:
     r = await client.post("/v1/clock", json={"advance_seconds": seconds}, headers=bearer(key))
     assert r.status_code == 200, r.text
+
+
+async def runs_of(
+    client: httpx.AsyncClient, key: str, customer: str, journey: str
+) -> list[dict[str, Any]]:
+    """The customer's runs of the journey, as `GET /v1/customers/{id}/journeys` has them."""
+    r = await client.get(f"/v1/customers/{customer}/journeys", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    return list(next(j for j in r.json() if j["journey_id"] == journey)["runs"])
 
 
 def steps_to(receiver: WebhookReceiver, customer: str) -> list[str]:
@@ -94,10 +107,7 @@ async def test_onboarding_journey_runs_end_to_end_with_the_clock_moved_forward(
         assert stats["steps"]["second_purchase"]["outcomes"] == {"then": 1, "else": 1}
         assert stats["steps"]["welcome"]["outcomes"] == {"sent": 2}
         assert stats["steps"]["three_days"]["outcomes"] == {"waited": 2}
-        mine = (
-            await client.get(f"/v1/customers/{buyer}/journeys", headers=bearer(read_key))
-        ).json()
-        (run,) = next(j for j in mine if j["journey_id"] == journey)["runs"]
+        (run,) = await runs_of(client, read_key, buyer, journey)
         assert run["status"] == "completed"
         assert [s["step_id"] for s in run["steps"]] == [
             "welcome",
@@ -170,8 +180,7 @@ async def test_a_purchase_exits_a_waiting_customer_and_wait_for_takes_the_event_
         )
 
         async def exited() -> bool:
-            r = await client.get(f"/v1/customers/{buyer}/journeys", headers=bearer(read_key))
-            runs = next(j for j in r.json() if j["journey_id"] == at_risk)["runs"]
+            runs = await runs_of(client, read_key, buyer, at_risk)
             return bool(runs) and runs[0]["status"] == "exited"
 
         await eventually(exited, what="the buyer to exit on the purchase")
@@ -186,10 +195,7 @@ async def test_a_purchase_exits_a_waiting_customer_and_wait_for_takes_the_event_
 
         await eventually(sent, what="the offer, the survey and the apology")
         assert steps_to(receiver, buyer) == []
-        mine = (
-            await client.get(f"/v1/customers/{buyer}/journeys", headers=bearer(read_key))
-        ).json()
-        (run,) = next(j for j in mine if j["journey_id"] == at_risk)["runs"]
+        (run,) = await runs_of(client, read_key, buyer, at_risk)
         assert run["exit_reason"] == "event:purchase.completed"
         stats = (await client.get(f"/v1/journeys/{at_risk}/stats", headers=bearer(read_key))).json()
         assert stats["runs"]["exited"] == {"event:purchase.completed": 1}
@@ -233,8 +239,7 @@ async def test_a_split_keeps_a_customers_arm_on_re_entry(
         async def all_ran() -> list[dict[str, Any]] | None:
             out = []
             for c in customers:
-                r = await client.get(f"/v1/customers/{c}/journeys", headers=bearer(read_key))
-                runs = next(j for j in r.json() if j["journey_id"] == journey)["runs"]
+                runs = await runs_of(client, read_key, c, journey)
                 if len(runs) != 2 or any(run["status"] == "active" for run in runs):
                     return None
                 out.append({"customer": c, "arms": [run["arm"] for run in runs]})
@@ -392,7 +397,7 @@ async def test_an_edited_journey_keeps_its_customers_on_the_version_they_entered
         )
 
         async def second_version() -> bool:
-            return steps_to(receiver, late) == ["welcome", "tip"]
+            return sorted(steps_to(receiver, late)) == ["tip", "welcome"]  # one pass: any order
 
         await eventually(second_version, what="version 2 for the second customer")
         assert steps_to(receiver, early) == ["welcome"]  # still waiting on version 1
@@ -402,10 +407,7 @@ async def test_an_edited_journey_keeps_its_customers_on_the_version_they_entered
             return steps_to(receiver, early) == ["welcome", "tip"]
 
         await eventually(first_version, what="version 1's wait and branch for the first")
-        mine = (
-            await client.get(f"/v1/customers/{early}/journeys", headers=bearer(read_key))
-        ).json()
-        (run,) = next(j for j in mine if j["journey_id"] == journey)["runs"]
+        (run,) = await runs_of(client, read_key, early, journey)
         assert run["journey_version"] == 1
         assert [s["step_id"] for s in run["steps"]] == [
             "welcome",
@@ -414,3 +416,123 @@ async def test_an_edited_journey_keeps_its_customers_on_the_version_they_entered
             "tip",
             "done",
         ]
+
+
+@pytest.mark.timeout(240)
+async def test_a_split_holds_its_proportions_on_ten_thousand_customers(
+    migrated: str, bootstrap_servers: str, admin_key: str, read_key: str
+) -> None:
+    n = 10_000
+    body = {
+        "name": "a/b/holdout on ten thousand",
+        "entry": {"on": {"kind": "transition", "to_stage": "at_risk"}},
+        "steps": [
+            {
+                "id": "ab",
+                "type": "split",
+                "arms": [
+                    {"name": "a", "percent": 45},
+                    {"name": "b", "percent": 45},
+                    {"name": "holdout", "percent": 10, "holdout": True},
+                ],
+            },
+        ],
+    }
+    async with running("clm_campaigns", migrated, bootstrap_servers, **CLOCK) as (client, rt):
+        journey = await create(client, admin_key, body)
+        run = uuid.uuid4().hex[:6]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            sent = []
+            for k in range(n):
+                c = f"s{k:05d}-{run}"
+                sent.append(
+                    await producer.send(
+                        rt.topics.transitions, transition(c, "at_risk"), key=c.encode()
+                    )
+                )
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+        async def split() -> dict[str, int] | None:
+            r = await client.get(f"/v1/journeys/{journey}/stats", headers=bearer(read_key))
+            arms = {a["arm"]: a["runs"] for a in r.json()["splits"].get("ab", [])}
+            return arms if sum(arms.values()) == n else None
+
+        arms = await eventually(split, timeout=180, what="ten thousand runs through the split")
+        for name, share in (("a", 0.45), ("b", 0.45), ("holdout", 0.10)):
+            sigma = (n * share * (1 - share)) ** 0.5
+            assert abs(arms[name] - n * share) < 4 * sigma, arms
+
+
+async def test_the_global_cap_stops_the_fourth_marketing_message_of_the_week_only(
+    migrated: str,
+    bootstrap_servers: str,
+    receiver: WebhookReceiver,
+    admin_key: str,
+    read_key: str,
+) -> None:
+    weekly = {"webhook": {"max": 3, "period_seconds": 7 * DAY}}
+    body = {
+        "name": "a busy week",
+        "entry": {"on": {"kind": "transition", "to_stage": "onboarding"}},
+        "steps": [
+            send("one", receiver.url),
+            send("two", receiver.url),
+            {"id": "day", "type": "wait", "seconds": DAY},
+            send("three", receiver.url),
+            send("four", receiver.url),
+            send("receipt", receiver.url, transactional=True),
+        ],
+    }
+    async with running(
+        "clm_campaigns", migrated, bootstrap_servers, global_cap_channels=weekly, **CLOCK
+    ) as (client, rt):
+        journey = await create(client, admin_key, body)
+        c = cid()
+        await publish(bootstrap_servers, rt.topics.transitions, c, transition(c, "onboarding"))
+
+        # Sent side by side: in any order.
+        async def two() -> bool:
+            return sorted(steps_to(receiver, c)) == ["one", "two"]
+
+        await eventually(two, what="the first two messages")
+        await advance(client, admin_key, DAY + 60)
+
+        async def done() -> bool:
+            return sorted(steps_to(receiver, c)) == ["one", "receipt", "three", "two"]
+
+        await eventually(done, what="the third message and the receipt")
+        (run,) = await runs_of(client, read_key, c, journey)
+        outcomes = {s["step_id"]: s["outcome"] for s in run["steps"]}
+        assert outcomes["four"] == "global_cap" and outcomes["receipt"] == "sent"
+        # A week later the cap has room again.
+        r = await client.post(
+            "/v1/triggers",
+            json={
+                "name": "next week's news",
+                "on": {"kind": "transition", "to_stage": "active"},
+                "action": {
+                    "channel": "webhook",
+                    "url": receiver.url,
+                    "payload": '{"customer": "{{ customer.id }}", "step": "news"}',
+                },
+            },
+            headers=bearer(admin_key),
+        )
+        assert r.status_code == 201, r.text
+        await advance(client, admin_key, 7 * DAY)
+        now = datetime.now(UTC) + timedelta(days=8, seconds=60)
+        await publish(
+            bootstrap_servers,
+            rt.topics.transitions,
+            c,
+            transition(c, "active", "onboarding", at=now),
+        )
+
+        async def news() -> bool:
+            return steps_to(receiver, c)[-1:] == ["news"]
+
+        await eventually(news, what="next week's message")

@@ -235,15 +235,21 @@ async def list_versions(
 
 # The statements a consumed batch or a dispatch pass runs are built once: building one
 # (and its cache key) per call cost more CPU than running it.
-_ENABLED_TRIGGERS = (
-    sa.select(triggers.c.id, triggers.c.version, triggers.c.definition)
-    .where(triggers.c.enabled.is_(True), triggers.c.deleted_at.is_(None))
-    .order_by(triggers.c.id)
-)
+def _enabled(t: sa.Table) -> Any:
+    return (
+        sa.select(t.c.id, t.c.version, t.c.definition)
+        .where(t.c.enabled.is_(True), t.c.deleted_at.is_(None))
+        .order_by(t.c.id)
+    )
 
 
-async def enabled_triggers(session: AsyncSession) -> list[tuple[str, int, dict[str, Any]]]:
-    rows = await session.execute(_ENABLED_TRIGGERS)
+_ENABLED = {"triggers": _enabled(triggers), "journeys": _enabled(journeys)}
+
+
+async def enabled_triggers(
+    session: AsyncSession, *, kind: Versioned = TRIGGERS
+) -> list[tuple[str, int, dict[str, Any]]]:
+    rows = await session.execute(_ENABLED[kind.table.name])
     return [(r.id, r.version, r.definition) for r in rows]
 
 
@@ -632,20 +638,20 @@ _CLAIM = _claim()
 
 
 async def trigger_versions_of(
-    session: AsyncSession, keys: Iterable[tuple[str, int]]
+    session: AsyncSession, keys: Iterable[tuple[str, int]], *, kind: Versioned = TRIGGERS
 ) -> dict[tuple[str, int], tuple[dict[str, Any], bool]]:
     """(definition of that version, whether the trigger is enabled now) per (id, version):
     what the send-time re-check needs of the triggers of claimed actions."""
     keys = list(dict.fromkeys(keys))
     if not keys:
         return {}
-    v, t = trigger_versions, triggers
+    v, t = kind.versions, kind.table
     rows = await session.execute(
-        sa.select(v.c.trigger_id, v.c.version, v.c.definition, t.c.enabled)
-        .join(t, t.c.id == v.c.trigger_id)
-        .where(sa.tuple_(v.c.trigger_id, v.c.version).in_(keys))
+        sa.select(v.c[kind.key].label("id"), v.c.version, v.c.definition, t.c.enabled)
+        .join(t, t.c.id == v.c[kind.key])
+        .where(sa.tuple_(v.c[kind.key], v.c.version).in_(keys))
     )
-    return {(r.trigger_id, r.version): (r.definition, bool(r.enabled)) for r in rows}
+    return {(r.id, r.version): (r.definition, bool(r.enabled)) for r in rows}
 
 
 _FINISHED = (
@@ -1501,33 +1507,16 @@ async def memberships_of(session: AsyncSession, customer_id: str) -> list[dict[s
 
 # --- journeys -------------------------------------------------------------------------
 
-_ENABLED_JOURNEYS = (
-    sa.select(journeys.c.id, journeys.c.version, journeys.c.definition)
-    .where(journeys.c.enabled.is_(True), journeys.c.deleted_at.is_(None))
-    .order_by(journeys.c.id)
-)
-
 
 async def enabled_journeys(session: AsyncSession) -> list[tuple[str, int, dict[str, Any]]]:
-    rows = await session.execute(_ENABLED_JOURNEYS)
-    return [(r.id, r.version, r.definition) for r in rows]
+    return await enabled_triggers(session, kind=JOURNEYS)
 
 
 async def journey_versions_of(
     session: AsyncSession, keys: Iterable[tuple[str, int]]
 ) -> dict[tuple[str, int], tuple[dict[str, Any], bool]]:
-    """(definition of that version, whether the journey is enabled now) per (id, version):
-    runs finish on the version they entered with."""
-    keys = list(dict.fromkeys(keys))
-    if not keys:
-        return {}
-    v, j = journey_versions, journeys
-    rows = await session.execute(
-        sa.select(v.c.journey_id, v.c.version, v.c.definition, j.c.enabled)
-        .join(j, j.c.id == v.c.journey_id)
-        .where(sa.tuple_(v.c.journey_id, v.c.version).in_(keys))
-    )
-    return {(r.journey_id, r.version): (r.definition, bool(r.enabled)) for r in rows}
+    """As trigger_versions_of: runs finish on the version they entered with."""
+    return await trigger_versions_of(session, keys, kind=JOURNEYS)
 
 
 @dataclass(frozen=True)
