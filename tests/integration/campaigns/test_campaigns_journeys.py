@@ -536,3 +536,53 @@ async def test_the_global_cap_stops_the_fourth_marketing_message_of_the_week_onl
             return steps_to(receiver, c)[-1:] == ["news"]
 
         await eventually(news, what="next week's message")
+
+
+async def test_entering_a_segment_starts_a_journey(
+    migrated: str,
+    bootstrap_servers: str,
+    engine: AsyncEngine,
+    receiver: WebhookReceiver,
+    admin_key: str,
+    read_key: str,
+) -> None:
+    tag = f"jseg{uuid.uuid4().hex[:8]}"
+    inside, outside = cid(), cid()
+    async with running("clm_campaigns", migrated, bootstrap_servers, **CLOCK) as (client, rt):
+        condition = f'stage == "at_risk" && traits.tag == "{tag}"'
+        r = await client.post(
+            "/v1/segments", json={"name": tag, "condition": condition}, headers=bearer(admin_key)
+        )
+        assert r.status_code == 201, r.text
+        segment = r.json()["id"]
+
+        async def recomputed() -> bool:
+            seg = await client.get(f"/v1/segments/{segment}", headers=bearer(read_key))
+            return bool((seg.json()["recompute"] or {}).get("finished_at"))
+
+        await eventually(recomputed, what="the segment's first recompute")
+        body = {
+            "name": "segment entry",
+            "entry": {"on": {"kind": "entered_segment", "segment_id": segment}},
+            "steps": [send("hello", receiver.url)],
+        }
+        journey = await create(client, admin_key, body)
+        for c in (inside, outside):
+            tagged = event(c, "web.identified", {"traits": {"tag": tag}})
+            await publish(bootstrap_servers, rt.topics.domain("web.identified"), c, tagged)
+            await projected(engine, c, f"traits->>'tag' = '{tag}'")
+        await publish(
+            bootstrap_servers, rt.topics.transitions, inside, transition(inside, "at_risk")
+        )
+        await publish(
+            bootstrap_servers, rt.topics.transitions, outside, transition(outside, "lapsed")
+        )
+
+        async def greeted() -> bool:
+            return steps_to(receiver, inside) == ["hello"]
+
+        await eventually(greeted, what="the journey of the customer who entered the segment")
+        await projected(engine, outside, "stage = 'lapsed'")
+        assert await runs_of(client, read_key, outside, journey) == []
+        (run,) = await runs_of(client, read_key, inside, journey)
+        assert run["status"] == "completed"
