@@ -19,10 +19,10 @@ from clm_campaigns.domain.journeys import (
     wait_until,
 )
 from clm_campaigns.domain.policy import GlobalCap, PastContact, decide
-from clm_campaigns.domain.projection import CustomerState
+from clm_campaigns.domain.projection import CustomerState, Occasion
 from clm_campaigns.domain.stats import Group, two_proportions
 from clm_campaigns.domain.triggers import TriggerDefinition
-from clm_campaigns.journeys import Pass, advance, on_events
+from clm_campaigns.journeys import Pass, advance, on_events, start
 from clm_campaigns.repository import Run
 from clm_events.envelope import EVENT_ADAPTER, Event
 
@@ -258,3 +258,34 @@ def test_time_of_day_wait_parses_and_refuses_both_kinds() -> None:
         journey({"id": "w", "type": "wait", "seconds": 60, "until": time(9).isoformat()})
     )
     assert "exactly one of seconds and until" in why
+
+
+def test_a_replayed_entry_starts_no_second_run_and_a_backfill_or_old_event_none() -> None:
+    j = compile_journey(
+        "jrn_r", 1, JourneyDefinition.model_validate(journey({"id": "x", "type": "exit"}))
+    )
+    state = CustomerState("c1", stage="onboarding")
+
+    def entering(**extra: Any) -> Occasion:
+        fields: dict[str, Any] = {
+            "event_id": "tr-1",
+            "event_source": "clm/stage-engine",
+            "event_type": "lifecycle.stage_changed",
+            "time": NOW,
+            "data": {},
+            "to_stage": "onboarding",
+            "transition_id": "t1",
+            "entry": 1,
+        }
+        return Occasion(**{**fields, **extra})
+
+    # The same stay, consumed twice (a replay, or a transition a late event re-created
+    # under another id): one run.
+    again = entering(transition_id="t1-rewritten")
+    out = start([j], [(state, entering()), (state, again)], {}, NOW)
+    assert [r["entry_key"] for r in out.runs] == ["onboarding#1"]
+    assert [d["reason"] for d in out.decisions] == ["duplicate_entry"]
+    out = start([j], [(state, entering(backfill=True, send_actions=False))], {}, NOW)
+    assert (out.runs, [d["reason"] for d in out.decisions]) == ([], ["backfill"])
+    out = start([j], [(state, entering())], {}, NOW + timedelta(days=2))
+    assert (out.runs, [d["reason"] for d in out.decisions]) == ([], ["stale"])

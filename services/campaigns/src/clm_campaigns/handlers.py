@@ -20,6 +20,7 @@ from clm_campaigns.domain import projection
 from clm_campaigns.domain.evaluate import (
     SEGMENT_OCCASIONS,
     condition_context,
+    entry_key,
     fires_on,
     render,
     template_context,
@@ -70,17 +71,6 @@ class TriggerCache:
         for key in [k for k in self._compiled if k not in live]:
             del self._compiled[key]
         return out
-
-
-def entry_key(trigger: CompiledTrigger, occasion: Occasion) -> str:
-    """Which customer entry an occasion is, for re-entry control: the n-th stay in the
-    trigger's stage for a transition (the same for a transition a replay re-created),
-    the causing event otherwise."""
-    if isinstance(trigger.definition.on, OnTransition) and occasion.entry is not None:
-        return f"{occasion.to_stage}#{occasion.entry}"
-    if occasion.transition_id is not None:
-        return f"transition:{occasion.transition_id}"
-    return f"event:{occasion.event_source}/{occasion.event_id}"
 
 
 def segment_occasion(change: segments.Change, time: datetime) -> Occasion:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clm_campaigns import metrics, repository
 from clm_campaigns.clock import Clock
-from clm_campaigns.domain.evaluate import condition_context, fires_on, occasion_of
+from clm_campaigns.domain.evaluate import condition_context, entry_key, fires_on, occasion_of
 from clm_campaigns.domain.journeys import (
     BranchStep,
     CompiledJourney,
@@ -76,16 +76,6 @@ class JourneyCache:
         """(journey, enabled now) per (id, version)."""
         found = await repository.journey_versions_of(session, keys)
         return {k: (self.compiled(k[0], k[1], d), on) for k, (d, on) in found.items()}
-
-
-def entry_key(journey: CompiledJourney, occasion: Occasion) -> str:
-    """Which entry an occasion is (re-entry control): the n-th stay in a stage, the
-    causing event otherwise, as for triggers."""
-    if occasion.to_stage is not None and occasion.entry is not None:
-        return f"{occasion.to_stage}#{occasion.entry}"
-    if occasion.transition_id is not None:
-        return f"transition:{occasion.transition_id}"
-    return f"event:{occasion.event_source}/{occasion.event_id}"
 
 
 def why_not(
@@ -144,7 +134,7 @@ def start(
         for journey in compiled:
             if not fires_on(journey.entry, occasion):
                 continue
-            key = entry_key(journey, occasion)
+            key = entry_key(journey.entry, occasion)  # a trigger's rule: one stay, one entry
             mine = earlier.setdefault(state.customer_id, [])
             refused = why_not(journey, state, occasion, key, mine, now)
             if refused is not None:

@@ -50,6 +50,17 @@ def fires_on(trigger: CompiledTrigger, occasion: Occasion) -> bool:
     return False
 
 
+def entry_key(trigger: CompiledTrigger, occasion: Occasion) -> str:
+    """Which customer entry an occasion is, for re-entry control: the n-th stay in the
+    trigger's stage for a transition (the same for a transition a replay re-created),
+    the causing event otherwise."""
+    if isinstance(trigger.definition.on, OnTransition) and occasion.entry is not None:
+        return f"{occasion.to_stage}#{occasion.entry}"
+    if occasion.transition_id is not None:
+        return f"transition:{occasion.transition_id}"
+    return f"event:{occasion.event_source}/{occasion.event_id}"
+
+
 def _number(value: Any) -> float | None:
     # CLV travels as a decimal string ("1822.50"), the probabilities as numbers.
     if isinstance(value, bool):
